@@ -1,0 +1,359 @@
+"""Throughput of our SAC against Stable-Baselines3's SAC and a CleanRL-style reference loop.
+
+All three train on the same environment (``era.rl.envs``, actions in [-1, 1]) with the same
+network sizes (2 x 256, ELU), batch size, one gradient update per environment step and one torch
+thread, measured side by side in one process with the repetitions interleaved (a, b, c, a, b, c,
+...) so that load from other processes on the machine hits all of them alike. Two figures each:
+
+* ``train_sps``: environment steps per second of the full training loop (act, step, store,
+  update) after ``--warmup`` random steps;
+* ``updates_per_s``: gradient updates per second on a filled buffer, nothing else running.
+
+A second table compares our own heads: SAC-ERA (exact and delta) against SAC(auto-alpha), the
+per-update time ratio (ERA drops the temperature update but adds its entropy solve).
+``AsyncVectorEnv`` against ``SyncVectorEnv`` (the choice in ``era.rl.envs``) is timed as well.
+
+    OMP_NUM_THREADS=1 python benchmarks/rl_throughput.py --env Hopper-v5 --repeats 3
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+from torch import nn
+
+from era.rl.envs import make_env
+
+
+@dataclass
+class Args:
+    env: str = "Hopper-v5"
+    """task to train on"""
+    warmup: int = 1000
+    """random steps that fill the buffer before timing"""
+    steps: int = 1000
+    """timed training steps (one gradient update each)"""
+    updates: int = 500
+    """timed gradient updates in the update-only measurement"""
+    hidden: int = 256
+    """hidden width of actor and critics (two hidden layers)"""
+    batch_size: int = 256
+    """transitions per update"""
+    repeats: int = 3
+    """interleaved repetitions per implementation (the median is reported)"""
+    out: Path = Path("benchmarks/results/rl_throughput.json")
+    """JSON result"""
+
+
+# --- CleanRL-style reference: one file, plain tensors, a tanh-Gaussian actor and two critics ---
+
+
+class RefActor(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU()
+        )
+        self.mean = nn.Linear(hidden, act_dim)
+        self.log_std = nn.Linear(hidden, act_dim)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised squashed sample and its log-probability."""
+        h = self.net(obs)
+        mean, log_std = self.mean(h), -5.0 + 3.5 * (torch.tanh(self.log_std(h)) + 1)
+        std = log_std.exp()
+        x = mean + std * torch.randn_like(mean)
+        log_prob = -0.5 * ((x - mean) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)
+        log_prob -= 2 * (np.log(2) - x - F.softplus(-2 * x))  # log |d tanh(x) / dx|
+        return torch.tanh(x), log_prob.sum(-1)
+
+
+def ref_critic(obs_dim: int, act_dim: int, hidden: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(obs_dim + act_dim, hidden),
+        nn.ELU(),
+        nn.Linear(hidden, hidden),
+        nn.ELU(),
+        nn.Linear(hidden, 1),
+    )
+
+
+class ReferenceSAC:
+    """SAC with automatic temperature, written as plainly as CleanRL writes it."""
+
+    def __init__(self, obs_dim: int, act_dim: int, args: Args):
+        self.args = args
+        self.actor = RefActor(obs_dim, act_dim, args.hidden)
+        self.q1, self.q2 = (ref_critic(obs_dim, act_dim, args.hidden) for _ in range(2))
+        self.q1_target, self.q2_target = (
+            ref_critic(obs_dim, act_dim, args.hidden) for _ in range(2)
+        )
+        self.q1_target.load_state_dict(self.q1.state_dict())
+        self.q2_target.load_state_dict(self.q2.state_dict())
+        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=3e-4)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=3e-4)
+        self.target_entropy = -float(act_dim)
+        size = args.warmup + args.steps
+        self.obs = torch.zeros(size, obs_dim)
+        self.next_obs = torch.zeros(size, obs_dim)
+        self.actions = torch.zeros(size, act_dim)
+        self.rewards = torch.zeros(size)
+        self.terminated = torch.zeros(size)
+        self.size = 0
+
+    def add(self, obs, action, reward, next_obs, terminated) -> None:
+        i = self.size
+        self.obs[i], self.actions[i], self.next_obs[i] = map(
+            torch.as_tensor, (obs, action, next_obs)
+        )
+        self.rewards[i], self.terminated[i] = float(reward), float(terminated)
+        self.size += 1
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.actor(torch.as_tensor(obs))[0].numpy()
+
+    def update(self) -> None:
+        idx = torch.randint(0, self.size, (self.args.batch_size,))
+        obs, act, rew = self.obs[idx], self.actions[idx], self.rewards[idx]
+        next_obs, term = self.next_obs[idx], self.terminated[idx]
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_act, next_logp = self.actor(next_obs)
+            sa = torch.cat([next_obs, next_act], -1)
+            q_next = torch.min(self.q1_target(sa), self.q2_target(sa)).squeeze(-1)
+            target = rew + 0.99 * (1 - term) * (q_next - alpha * next_logp)
+        sa = torch.cat([obs, act], -1)
+        q_loss = F.mse_loss(self.q1(sa).squeeze(-1), target) + F.mse_loss(
+            self.q2(sa).squeeze(-1), target
+        )
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+
+        pi, logp = self.actor(obs)
+        sa = torch.cat([obs, pi], -1)
+        actor_loss = (alpha * logp - torch.min(self.q1(sa), self.q2(sa)).squeeze(-1)).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        alpha_loss = -(self.log_alpha.exp() * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        with torch.no_grad():
+            for net, target_net in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
+                for p, tp in zip(net.parameters(), target_net.parameters(), strict=True):
+                    tp.lerp_(p, 0.005)
+
+
+def run_reference(args: Args) -> dict[str, float]:
+    envs = make_env(args.env, seed=0)
+    obs_dim = envs.single_observation_space.shape[0]
+    act_dim = envs.single_action_space.shape[0]
+    agent = ReferenceSAC(obs_dim, act_dim, args)
+    obs, _ = envs.reset(seed=0)
+    start = 0.0
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            start = time.perf_counter()
+        if step < args.warmup:
+            action = envs.action_space.sample()
+        else:
+            action = agent.act(obs)
+        next_obs, reward, terminated, truncated, info = envs.step(action)
+        real_next = next_obs.copy()
+        if "final_obs" in info:
+            real_next[info["_final_obs"]] = np.stack(info["final_obs"][info["_final_obs"]])
+        agent.add(obs[0], action[0], reward[0], real_next[0], terminated[0])
+        obs = next_obs
+        if step >= args.warmup:
+            agent.update()
+    train_sps = args.steps / (time.perf_counter() - start)
+    return {"train_sps": train_sps, "updates_per_s": _time_updates(agent.update, args.updates)}
+
+
+# --- Stable-Baselines3 ---
+
+
+def run_sb3(args: Args) -> dict[str, float]:
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from era.rl.envs import make_eval_env
+
+    class StartClock(BaseCallback):
+        """Note the time when the warm-up ends; SB3 trains from then on."""
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps == args.warmup:
+                self.start = time.perf_counter()
+            return True
+
+    model = SAC(
+        "MlpPolicy",
+        make_eval_env(args.env, seed=0),
+        learning_starts=args.warmup,
+        batch_size=args.batch_size,
+        train_freq=1,
+        gradient_steps=1,
+        buffer_size=args.warmup + args.steps,
+        policy_kwargs={"net_arch": [args.hidden, args.hidden], "activation_fn": nn.ELU},
+        device="cpu",
+        seed=0,
+    )
+    clock = StartClock()
+    model.learn(args.warmup + args.steps, callback=clock)
+    train_sps = args.steps / (time.perf_counter() - clock.start)
+    updates = _time_updates(
+        lambda: model.train(gradient_steps=1, batch_size=args.batch_size), args.updates
+    )
+    return {"train_sps": train_sps, "updates_per_s": updates}
+
+
+def _time_updates(update: Callable[[], None], n: int) -> float:
+    for _ in range(10):  # warm the allocator and autograd caches
+        update()
+    start = time.perf_counter()
+    for _ in range(n):
+        update()
+    return n / (time.perf_counter() - start)
+
+
+# --- ours: the same pieces era.rl.sac.train uses (envs, buffer, agent.act / agent.update) ---
+
+
+def _our_agent(args: Args, head: str, era_mode: str = "exact"):
+    from era.rl.config import SACConfig, TrainConfig
+    from era.rl.sac import build
+
+    sac = SACConfig(hidden=args.hidden, batch_size=args.batch_size, learning_starts=args.warmup)
+    config = TrainConfig(env=args.env, head=head, era_mode=era_mode, sac=sac, progress=False)
+    return build(config)
+
+
+def run_ours(args: Args, head: str = "alpha", era_mode: str = "exact") -> dict[str, float]:
+    from era.rl.buffer import ReplayBuffer
+
+    envs, agent = _our_agent(args, head, era_mode)
+    buffer = ReplayBuffer(
+        args.warmup + args.steps, envs.observation_space.shape[0], envs.action_space.shape[0]
+    )
+    obs = envs.obs
+    start = 0.0
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            start = time.perf_counter()
+        if step < args.warmup:
+            action = torch.rand(1, *envs.action_space.shape).numpy() * 2 - 1
+        else:
+            action = agent.act(obs)
+        result = envs.step(action)
+        buffer.add(obs, action, result.reward, result.next_obs, result.terminated)
+        obs = result.obs
+        if step >= args.warmup:
+            agent.update(*buffer.sample(args.batch_size))
+    train_sps = args.steps / (time.perf_counter() - start)
+    updates = _time_updates(lambda: agent.update(*buffer.sample(args.batch_size)), args.updates)
+    envs.close()
+    return {"train_sps": train_sps, "updates_per_s": updates}
+
+
+# --- vectorised stepping: SyncVectorEnv (our choice) against AsyncVectorEnv ---
+
+
+def run_vector(args: Args, asynchronous: bool, num_envs: int = 4, steps: int = 500) -> float:
+    """Environment steps per second (summed over the copies) with zero actions."""
+    from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+    from era.rl.envs import make_eval_env
+
+    cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
+    envs = cls(
+        [lambda i=i: make_eval_env(args.env, i) for i in range(num_envs)],
+        autoreset_mode=AutoresetMode.SAME_STEP,
+    )
+    envs.reset(seed=0)
+    action = np.zeros(envs.action_space.shape, dtype=np.float32)
+    start = time.perf_counter()
+    for _ in range(steps):
+        envs.step(action)
+    sps = steps * num_envs / (time.perf_counter() - start)
+    envs.close()
+    return sps
+
+
+def main(args: Args) -> dict:
+    torch.set_num_threads(1)
+    runs: dict[str, Callable[[], object]] = {
+        "ours (SAC auto-alpha)": lambda: run_ours(args, "alpha"),
+        "Stable-Baselines3 SAC": lambda: run_sb3(args),
+        "CleanRL-style reference": lambda: run_reference(args),
+        "ours (SAC-ERA exact)": lambda: run_ours(args, "era", "exact"),
+        "ours (SAC-ERA delta)": lambda: run_ours(args, "era", "delta"),
+        "SyncVectorEnv x4": lambda: run_vector(args, asynchronous=False),
+        "AsyncVectorEnv x4": lambda: run_vector(args, asynchronous=True),
+    }
+    samples: dict[str, list] = {name: [] for name in runs}
+    for rep in range(args.repeats):  # interleaved: every implementation once per repetition
+        for name, fn in runs.items():
+            samples[name].append(fn())
+            print(f"[{rep + 1}/{args.repeats}] {name}: {samples[name][-1]}", flush=True)
+
+    def median(name, key=None):
+        return statistics.median(s[key] if key else s for s in samples[name])
+
+    sac_names = [n for n in runs if "VectorEnv" not in n]
+    table = {n: {k: median(n, k) for k in ("train_sps", "updates_per_s")} for n in sac_names}
+    ours, sb3 = table["ours (SAC auto-alpha)"], table["Stable-Baselines3 SAC"]
+    result = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "median": table,
+        "samples": {n: samples[n] for n in runs},
+        "ours_over_sb3": {k: ours[k] / sb3[k] for k in ours},
+        "era_update_time_over_alpha": {
+            mode: ours["updates_per_s"] / table[f"ours (SAC-ERA {mode})"]["updates_per_s"]
+            for mode in ("exact", "delta")
+        },
+        "vector_env_sps": {n: median(n) for n in runs if "VectorEnv" in n},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = ["| implementation | train env steps/s | gradient updates/s |", "|---|---:|---:|"]
+    for name, row in result["median"].items():
+        lines.append(f"| {name} | {row['train_sps']:.0f} | {row['updates_per_s']:.0f} |")
+    ratio = result["ours_over_sb3"]
+    lines.append("")
+    lines.append(
+        f"ours / SB3: train steps/s x{ratio['train_sps']:.2f}, "
+        f"updates/s x{ratio['updates_per_s']:.2f}"
+    )
+    era = result["era_update_time_over_alpha"]
+    lines.append(
+        f"update time SAC-ERA / SAC(auto-alpha): exact {era['exact']:.2f}, delta {era['delta']:.2f}"
+    )
+    vec = ", ".join(f"{n}: {v:.0f} steps/s" for n, v in result["vector_env_sps"].items())
+    lines.append(f"vectorised stepping: {vec}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
