@@ -1,0 +1,122 @@
+"""``era rl train | plot | eval``: the command line of the RL agents.
+
+Each command is a dataclass (parsed by tyro) and a function of the same name taking it, so every
+command is also a Python call: ``era.rl.cli.plot(PlotConfig(runs=[Path("runs/hopper")]))``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from era.rl.config import TrainConfig, config_from_dict
+from era.runs import DivergenceError, load_checkpoint, read_metrics
+
+
+@dataclass
+class PlotConfig:
+    """Learning and entropy curves, mean +- std over seeds, one line per RUN_DIR."""
+
+    runs: Annotated[list[Path], tyro.conf.Positional]
+    """run directories: a run (with metrics.csv) or a --seeds sweep (seed*/metrics.csv)"""
+    out: Path | None = None
+    """PNG to write (default: curves.png in the runs' common parent directory)"""
+    labels: list[str] | None = None
+    """legend label per RUN_DIR (default: the directory names)"""
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a run's last checkpoint with its deterministic policy."""
+
+    run: Annotated[Path, tyro.conf.Positional]
+    """run directory holding checkpoint.pt"""
+    episodes: int = 10
+    """evaluation episodes"""
+    seed: int = 12_345
+    """episode k starts from reset(seed=SEED + k)"""
+
+
+def metrics_files(run: Path) -> list[Path]:
+    """``metrics.csv`` of a run, or of each seed of a sweep directory."""
+    if (run / "metrics.csv").is_file():
+        return [run / "metrics.csv"]
+    found = sorted(run.glob("*/metrics.csv"))
+    if not found:
+        raise FileNotFoundError(f"{run} holds no metrics.csv (nor */metrics.csv)")
+    return found
+
+
+def plot(config: PlotConfig) -> Path:
+    """Return, mean per-state entropy and per-state minimum entropy against steps."""
+    from era.plotting import plot_curves
+
+    labels = config.labels or [run.resolve().name for run in config.runs]
+    if len(labels) != len(config.runs):
+        raise ValueError(f"labels={config.labels} must give one label per run ({len(config.runs)})")
+    groups = {label: metrics_files(run) for label, run in zip(labels, config.runs, strict=True)}
+    targets = [read_metrics(paths[0]).get("target_entropy") for paths in groups.values()]
+    targets = [t[-1] for t in targets if t is not None and len(t)]
+    out = config.out or Path(os.path.commonpath([r.resolve() for r in config.runs])) / "curves.png"
+    return plot_curves(
+        groups,
+        "step",
+        [
+            ("return_mean", "evaluation return"),
+            ("entropy", "mean policy entropy (nats)"),
+            ("entropy_min", "lowest per-state entropy (nats)"),
+        ],
+        out,
+        # The first run's target (with several targets, the others are in their CSVs).
+        hlines={"entropy": targets[0], "entropy_min": targets[0]} if targets else None,
+    )
+
+
+def evaluate_run(config: EvalConfig) -> tuple[float, float]:
+    """Mean and std return of the checkpoint's deterministic policy."""
+    from era.rl.envs import make_eval_env
+    from era.rl.train import CHECKPOINT, evaluate
+
+    checkpoint = load_checkpoint(config.run / CHECKPOINT)
+    train_config = config_from_dict(checkpoint["config"])
+    act = importlib.import_module(f"era.rl.{train_config.algo}").load_policy(
+        train_config, checkpoint
+    )
+    env = make_eval_env(train_config.env, config.seed)
+    return evaluate(act, env, config.episodes, config.seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from era.rl.train import train
+
+    try:
+        config = tyro.extras.subcommand_cli_from_dict(
+            {"train": TrainConfig, "plot": PlotConfig, "eval": EvalConfig},
+            prog="era rl",
+            args=argv,
+            description="SAC / PPO with an ERA policy head on Gymnasium MuJoCo and dm_control.",
+        )
+        if isinstance(config, TrainConfig):
+            runs = train(config)
+            print(
+                "runs: "
+                + " ".join(map(str, runs))
+                + "   (plot: era rl plot "
+                + " ".join(map(str, runs if len(runs) == 1 else [config.out]))
+                + ")"
+            )
+        elif isinstance(config, PlotConfig):
+            print(f"wrote {plot(config)}")
+        else:
+            mean, std = evaluate_run(config)
+            print(f"{config.run}: return {mean:.1f} +- {std:.1f} over {config.episodes} episodes")
+    except (ValueError, FileNotFoundError, DivergenceError) as e:
+        sys.exit(f"era rl: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("era rl: interrupted")
