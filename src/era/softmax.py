@@ -1,0 +1,307 @@
+"""Softmax ERA for discrete outputs (ERA paper, arXiv 2510.08549; §2 of the spec).
+
+A classifier's logits ``z`` become ERA logits ``z'`` whose softmax never has less entropy than
+``min_entropy``, whatever ``z`` is. With ``p = softmax(z)`` each class gets an entropy share
+``y_i = slope·p_i + offset`` (the shares sum to a constant ``C`` and lie in ``[offset, u_max]``,
+``u_max = log(τ)/τ``), and ``z'_i`` is the log of the probability ``q_i ≤ 1/e`` whose own entropy
+term ``−q_i·log q_i`` equals ``y_i``: ``z'_i = W₋₁(−y_i)``, the lower branch of Lambert W. For any
+such ``q`` with sum ``S``, ``H(q/S) = C/S + log S``; the lowest value over all inputs is reached at
+a one-hot ``p``.
+
+Two choices of ``C``:
+
+* ``floor="tight"`` (default): ``C`` is solved once, in float64, so that the entropy at a one-hot
+  input *equals* ``min_entropy``; then ``min over z of H(softmax(z')) = min_entropy``.
+* ``floor="paper"``: the paper's ``C = exp(min_entropy − 1)``, which guarantees the floor but sits
+  well above it (≈0.97 nats instead of 0.6 for 10 classes, τ = 4).
+
+And two inverses of ``−q·log q``: ``inverse="exact"`` (Lambert W to float precision, below) or
+``inverse="approx"``, the authors' closed form ``u = −1 − log y; z' = −1 − √(2u) − 0.75u``, kept to
+reproduce their numbers; the floor then holds only approximately, so it pairs only with
+``floor="paper"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from decimal import Decimal, localcontext
+
+import torch
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------------------------------------
+# Lower branch of Lambert W
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_inv_e(dtype: torch.dtype) -> tuple[float, float]:
+    """1/e as ``hi + lo`` with ``hi`` representable in ``dtype``: ``x + hi`` is then exact near
+    ``x = −1/e`` (Sterbenz), so ``x + 1/e`` keeps its digits where W₋₁ is most sensitive."""
+    with localcontext() as ctx:
+        ctx.prec = 50
+        inv_e = 1 / Decimal(1).exp()
+        hi = torch.tensor(float(inv_e), dtype=dtype).item()
+        return hi, float(inv_e - Decimal(hi))
+
+
+_INV_E = {dtype: _split_inv_e(dtype) for dtype in (torch.float32, torch.float64)}
+_HALLEY_STEPS = 2  # the initial guess is within 2%; each step triples the correct digits
+
+
+def _lambertw_m1_solve(x: Tensor) -> Tensor:
+    """W₋₁(x) for float32/float64 ``x`` (no autograd).
+
+    Writing ``W = −1 − v`` and ``s = −log(−e·x) ≥ 0`` turns ``W·e^W = x`` into
+    ``v − log(1 + v) = s``, which is well conditioned in ``v`` at both ends: near the branch
+    point (``s → 0``, where ``s`` is computed from the exact ``x + 1/e``) and near ``x → 0``
+    (no ``e^W`` to underflow).
+    """
+    eps = torch.finfo(x.dtype).eps
+    hi, lo = _INV_E[x.dtype]
+    r = (x + hi) + lo  # x + 1/e
+    in_domain = (r >= -eps * hi) & (x <= 0)  # tolerate x = −1/e rounded outward
+    near_branch = x < -0.25  # there x + hi is exact, and log(−x) would cancel against −1
+    s = torch.where(near_branch, -torch.log1p(-math.e * r.clamp(min=0)), -1 - torch.log(-x))
+
+    sigma = torch.sqrt(2 * s)
+    v = torch.where(
+        s < 2,
+        sigma + sigma**2 / 3 + sigma**3 / 36,  # series of the inverse of v − log(1 + v) at 0
+        s + torch.log1p(s + torch.log1p(s)),  # two fixed-point steps of v = s + log(1 + v)
+    )
+    for _ in range(_HALLEY_STEPS):
+        f = v - torch.log1p(v) - s
+        v_safe = v.clamp(min=torch.finfo(x.dtype).tiny)
+        newton = f * (1 + v) / v_safe
+        halley = newton / (1 - f / (2 * v_safe**2))
+        v = torch.where(v > 0, v - halley, v)
+
+    w = -1 - v
+    w = torch.where(torch.isinf(s), -math.inf, w)  # x = 0: the limit
+    return torch.where(in_domain | torch.isnan(x), w, math.nan)
+
+
+class _LambertWm1(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        w = _lambertw_m1_solve(x)
+        ctx.save_for_backward(x, w)
+        return w
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        x, w = ctx.saved_tensors
+        # dW/dx = W / (x (1 + W)); −(1 + W) is capped below at eps because the true slope is −∞
+        # at the branch point x = −1/e and we would rather return a large finite number.
+        one_plus_w = (1 + w).clamp(max=-torch.finfo(w.dtype).eps)
+        return grad * w / (x * one_plus_w)
+
+
+def lambertw_m1(x: Tensor) -> Tensor:
+    """Lower branch of the Lambert W function, ``W₋₁(x)`` for ``x ∈ [−1/e, 0)``.
+
+    ``W₋₁(x)`` is the solution ``w ≤ −1`` of ``w·e^w = x``. Accurate to a few ulps in float64 and
+    float32 across the whole branch, including next to the branch point and for tiny ``|x|``;
+    float16/bfloat16 inputs are computed in float32 and rounded back. The gradient is the exact
+    ``W / (x·(1 + W))`` (capped to a large finite value at ``x = −1/e`` itself).
+
+    Out of the domain, like ``torch.log``: ``x = 0`` gives ``−inf``, ``x < −1/e`` or ``x > 0``
+    gives NaN (``x`` within an ulp below ``−1/e`` counts as ``−1/e``). No error is raised, since
+    checking would force a device synchronisation on every call.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"lambertw_m1 needs a floating-point tensor, got dtype {x.dtype}")
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return _LambertWm1.apply(x.to(compute)).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The activation's constants, solved once per (num_classes, min_entropy, tau, floor, inverse)
+# ---------------------------------------------------------------------------------------------
+
+FLOORS = ("tight", "paper")
+INVERSES = ("exact", "approx")
+
+
+def feasible_min_entropy(num_classes: int, tau: float = 4.0, floor: str = "tight") -> tuple:
+    """The interval ``[low, high)`` of ``min_entropy`` values this activation can guarantee.
+
+    The entropy budget ``C`` must satisfy ``u_max ≤ C < n·u_max`` (``u_max = log(τ)/τ``): below,
+    some shares would be negative; at the top, every class gets ``u_max`` and the logits' order is
+    lost. ``floor="paper"`` maps ``C = exp(H0 − 1)``, so ``H0 ∈ [1 + log u_max, 1 + log(n·u_max))``;
+    ``floor="tight"`` maps ``C`` to the one-hot entropy, which runs over ``[0, log n)`` whatever τ.
+    """
+    if floor == "tight":
+        return 0.0, math.log(num_classes)
+    u_max = math.log(tau) / tau
+    return 1 + math.log(u_max), 1 + math.log(num_classes * u_max)
+
+
+def _one_hot_entropy(num_classes: int, t: float) -> float:
+    """Entropy of the normalised vector ``(1, t, …, t)`` (one class at 1, the others at ``t``)."""
+    mass = 1 + (num_classes - 1) * t
+    spread = 0.0 if t == 0 else (num_classes - 1) * t * math.log(t)
+    return math.log(mass) - spread / mass
+
+
+def _tight_offset(num_classes: int, min_entropy: float, tau: float) -> float:
+    """The smallest share ``b`` such that a one-hot input's ERA output has entropy min_entropy.
+
+    At a one-hot input the top class gets ``q = 1/τ`` and the others ``q = t/τ``; the entropy of
+    the normalised output depends on ``t`` alone and grows with it, so bisect on ``log t`` (the
+    root can be tiny) in float64, then ``b = h(t/τ)`` with ``h(q) = −q·log q``.
+    """
+    low, high = math.log(1e-300), 0.0
+    if _one_hot_entropy(num_classes, math.exp(low)) >= min_entropy:
+        return 0.0
+    for _ in range(100):
+        mid = (low + high) / 2
+        if _one_hot_entropy(num_classes, math.exp(mid)) < min_entropy:
+            low = mid
+        else:
+            high = mid
+    q = math.exp(high) / tau
+    return -q * math.log(q)
+
+
+def _check_args(num_classes, min_entropy, tau, floor, inverse) -> None:
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or num_classes < 2
+    ):
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if not (math.isfinite(tau) and tau > math.e):
+        raise ValueError(f"tau must be a finite number > e ≈ 2.71828, got {tau!r}")
+    if floor not in FLOORS:
+        raise ValueError(f"floor must be one of {FLOORS}, got {floor!r}")
+    if inverse not in INVERSES:
+        raise ValueError(f"inverse must be one of {INVERSES}, got {inverse!r}")
+    if floor == "tight" and inverse != "exact":
+        raise ValueError(
+            f'floor="tight" needs inverse="exact" (got inverse={inverse!r}): the tight floor is '
+            'solved for the exact inverse; use floor="paper" to reproduce the approximation'
+        )
+    low, high = feasible_min_entropy(num_classes, tau, floor)
+    if not low <= min_entropy < high:
+        raise ValueError(
+            f"min_entropy must lie in [{low:.6g}, {high:.6g}) for num_classes={num_classes}, "
+            f"tau={tau}, floor={floor!r}; got {min_entropy!r}"
+        )
+
+
+def _shares(num_classes, min_entropy, tau, floor, inverse) -> tuple[float, float, float]:
+    """``(C, slope, offset)`` of the share map ``y = slope·p + offset``, in float64."""
+    _check_args(num_classes, min_entropy, tau, floor, inverse)
+    return _solve_shares(int(num_classes), float(min_entropy), float(tau), floor, inverse)
+
+
+@functools.lru_cache(maxsize=64)
+def _solve_shares(n: int, min_entropy: float, tau: float, floor: str, inverse: str) -> tuple:
+    u_max = math.log(tau) / tau
+    if floor == "tight":
+        offset = _tight_offset(n, min_entropy, tau)
+        budget = u_max + (n - 1) * offset
+    else:
+        budget = math.exp(min_entropy - 1)
+        offset = max((budget - u_max) / (n - 1), 0.0)
+    slope = (n * u_max - budget) / (n - 1)
+    return budget, slope, offset
+
+
+def _era_from_probs(p: Tensor, slope: float, offset: float, inverse: str) -> Tensor:
+    """ERA logits from probabilities ``p`` (float32 or float64)."""
+    # The clamp only bites when offset is 0 (or underflows) and p_i underflows: it keeps z' finite.
+    y = (slope * p + offset).clamp(min=torch.finfo(p.dtype).tiny)
+    if inverse == "exact":
+        return _LambertWm1.apply(-y)
+    u = -1 - torch.log(y)
+    return -1 - torch.sqrt(2 * u) - 0.75 * u
+
+
+def _softmax_era(logits: Tensor, shares: tuple, inverse: str, dim: int) -> Tensor:
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    _, slope, offset = shares
+    p = torch.softmax(logits.to(compute), dim=dim)
+    return _era_from_probs(p, slope, offset, inverse).to(logits.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+def softmax_era(
+    logits: Tensor,
+    min_entropy: float,
+    *,
+    tau: float = 4.0,
+    floor: str = "tight",
+    inverse: str = "exact",
+    dim: int = -1,
+) -> Tensor:
+    """ERA logits ``z'`` with ``H(softmax(z')) ≥ min_entropy`` for every input ``logits``.
+
+    Same shape and dtype as ``logits``; the work is done in float32 (float64 for float64 input).
+    ``tau > e`` caps each class's probability before normalisation at ``1/tau``; ``min_entropy``
+    must lie in :func:`feasible_min_entropy`. The constants are solved once per argument set and
+    cached. With half/bfloat16 logits the returned logits are rounded to that dtype, which can move
+    the entropy by about 1e-3 nats; pass float32 logits where the floor must hold to 1e-4.
+    """
+    n = logits.shape[dim]
+    return _softmax_era(
+        logits, _shares(n, float(min_entropy), float(tau), floor, inverse), inverse, dim
+    )
+
+
+class SoftmaxERA(nn.Module):
+    """ERA as a classifier's last activation: logits ``[..., num_classes]`` → ERA logits.
+
+    Train with plain cross-entropy on the output (no entropy term); the model's probabilities are
+    ``softmax`` of the output. See :func:`softmax_era`.
+
+    Attributes (plain floats, not buffers: they follow from the arguments, and ``model.half()``
+    would otherwise round them and move the floor):
+        budget: ``C``, the sum of the per-class entropy shares.
+        max_probability: the highest probability any class can get (reached at a one-hot input).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        min_entropy: float,
+        *,
+        tau: float = 4.0,
+        floor: str = "tight",
+        inverse: str = "exact",
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.min_entropy = float(min_entropy)
+        self.tau = float(tau)
+        self.floor = floor
+        self.inverse = inverse
+        self._shares = _shares(num_classes, self.min_entropy, self.tau, floor, inverse)
+        self.budget = self._shares[0]
+        one_hot = torch.zeros(num_classes, dtype=torch.float64)
+        one_hot[0] = 1
+        top = torch.softmax(_era_from_probs(one_hot, *self._shares[1:], inverse), dim=0)[0]
+        self.max_probability = top.item()
+
+    def forward(self, logits: Tensor) -> Tensor:
+        if logits.dim() == 0 or logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"expected logits [..., {self.num_classes}], got shape {tuple(logits.shape)}"
+            )
+        return _softmax_era(logits, self._shares, self.inverse, dim=-1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, min_entropy={self.min_entropy}, tau={self.tau}, "
+            f"floor={self.floor!r}, inverse={self.inverse!r}, C={self.budget:.6g}, "
+            f"max_probability={self.max_probability:.4f}"
+        )
