@@ -13,7 +13,10 @@ by ``k`` to match. Everything here is a pure tensor function:
 
 Vocabulary-sized work is done in float32 over chunks of rows, and the backward pass recomputes each
 chunk instead of keeping float32 copies alive, so only the input logits, their gradient (both in the
-logits' dtype) and one chunk's float32 intermediates are ever resident.
+logits' dtype) and one chunk's float32 intermediates are ever resident. Rows are the flattened
+leading dimensions; logits that cannot be flattened as a view (a slice such as
+``logits[:, :-1]``) are copied once per pass in their own dtype, so pass contiguous logits when
+memory is tight.
 """
 
 from __future__ import annotations
@@ -91,9 +94,16 @@ def _log_softmax(z: Tensor) -> Tensor:
     return torch.log_softmax(z, dim=-1).clamp_(min=torch.finfo(z.dtype).min)
 
 
+def _scaled(x: Tensor, scale: Tensor | None) -> Tensor:
+    """A fresh compute-dtype copy of ``scale · x`` (of ``x`` when ``scale`` is None)."""
+    z = x.to(_compute_dtype(x.dtype), copy=True)
+    # In place, after the cast: a mixed bf16·float32 product is several times slower on CPU.
+    return z if scale is None else z.mul_(scale[:, None])
+
+
 def _entropy_rows(x: Tensor) -> Tensor:
     logp = _log_softmax(x.to(_compute_dtype(x.dtype)))
-    return -(logp.exp() * logp).sum(-1)
+    return -logp.exp().mul_(logp).sum(-1)
 
 
 def _entropy_grad_rows(x: Tensor, entropy: Tensor, weight: Tensor) -> Tensor:
@@ -108,12 +118,10 @@ def _logprob_rows(
 ) -> tuple[Tensor, Tensor | None]:
     """log softmax(scale·x)[label] per row (or its top-k version), and the entropy of softmax(x)."""
     entropy = _entropy_rows(x) if with_entropy else None
-    z = x.to(_compute_dtype(x.dtype))
-    if scale is not None:
-        z = z * scale[:, None]
+    z = _scaled(x, scale)
+    if top_k is None:  # log_softmax, not logsumexp: the fused kernel is much faster on CPU
+        return torch.log_softmax(z, dim=-1).gather(1, labels[:, None]).squeeze(1), entropy
     z_label = z.gather(1, labels[:, None]).squeeze(1)
-    if top_k is None:
-        return z_label - torch.logsumexp(z, dim=-1), entropy
     top = z.topk(top_k, dim=-1).values
     logprob = z_label - torch.logsumexp(top, dim=-1)
     outside = z_label < top[:, -1]
@@ -124,12 +132,10 @@ def _logprob_grad_rows(
     x: Tensor, labels: Tensor, scale: Tensor | None, top_k: int | None, weight: Tensor
 ) -> Tensor:
     """weight · d logprob / dx per row, recomputed from the chunk ``x``."""
-    z = x.to(_compute_dtype(x.dtype), copy=True)
+    z = _scaled(x, scale)
     weight = weight.to(z.dtype)
     if scale is not None:
-        # z = s·x, so d/dx = s · d/dz: fold s into the weight.
-        z.mul_(scale[:, None])
-        weight = weight * scale
+        weight = weight * scale  # z = s·x, so d/dx = s · d/dz
     if top_k is None:
         grad = torch.softmax(z, dim=-1).mul_(-weight[:, None])
     else:
