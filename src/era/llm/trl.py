@@ -453,12 +453,15 @@ class ERAGRPOTrainer(GRPOTrainer):
     of the unmodified policy, which is also TRL's ``entropy``).
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.args, ERAGRPOConfig):
+    def __init__(self, model, reward_funcs, args: ERAGRPOConfig | None = None, **kwargs):
+        if args is None:  # TRL's default, with ERA's defaults
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = ERAGRPOConfig(f"{name.split('/')[-1]}-ERA-GRPO")
+        if not isinstance(args, ERAGRPOConfig):
             raise TypeError(
-                f"ERAGRPOTrainer needs args=ERAGRPOConfig(...), got {type(self.args).__name__}"
+                f"ERAGRPOTrainer needs args=ERAGRPOConfig(...), got {type(args).__name__}"
             )
+        super().__init__(model, reward_funcs, args, **kwargs)
         a = self.args
         # Only the scales a response can actually receive get a log-normaliser.
         scales = (1.0,)
