@@ -1,0 +1,166 @@
+"""Accuracy and calibration on Fashion-MNIST: cross-entropy vs label smoothing vs ERA.
+
+Every method trains the same timm ResNet (``resnet10t``, 1-channel input, randomly initialised)
+with the same data, schedule and budget, for several seeds; the script reports test top-1, NLL,
+ECE (15 bins) and predictive entropy as mean ± std over seeds, writes them to
+``benchmarks/results/vision_calibration.json`` and draws ``docs/img/vision_calibration*.png``.
+Finished runs are skipped and interrupted ones resumed, so rerunning the command continues.
+
+The CPU budget run (what docs/benchmarks/vision.md reports; about 40 min of one core):
+
+    OMP_NUM_THREADS=1 python benchmarks/vision_calibration.py --epochs 1 --eval-every 234
+
+The full recipe on a GPU (30 epochs, evaluation every epoch):
+
+    python benchmarks/vision_calibration.py --epochs 30 --eval-every 0 --device cuda \
+        --out-dir runs/vision_calibration_full \
+        --results benchmarks/results/vision_calibration_full.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from era.runs import run_in_parallel
+from era.vision.plot import plot_runs, run_label
+from era.vision.train import TrainConfig, train
+
+METRICS = ("top1", "top5", "nll", "ece", "entropy_mean", "entropy_min")
+
+
+@dataclass
+class Args:
+    """Train every method for every seed on the same budget, then tabulate and plot."""
+
+    epochs: int = 1
+    """epochs per run (1 on the CPU budget; 30 for the full recipe)"""
+    train_subset: int = 0
+    """training images per run (0 = all 60,000)"""
+    eval_every: int = 234
+    """evaluate every this many steps (0 = every epoch); the last step is always evaluated"""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """seeds of every method"""
+    era_min_entropy: tuple[float, ...] = (0.1, 0.3, 0.6)
+    """ERA entropy floors to compare (nats; log 10 ≈ 2.30 is the maximum)"""
+    label_smoothing: float = 0.1
+    """the label-smoothing baseline's epsilon"""
+    model: str = "resnet10t"
+    """timm model name"""
+    lr: float = 0.1
+    """peak SGD learning rate"""
+    warmup_epochs: float = 0.1
+    """linear warmup before the cosine decay"""
+    device: str = "auto"
+    """auto, cpu or cuda"""
+    threads: int = 1
+    """torch threads per run"""
+    parallel: int = 1
+    """runs at a time (separate processes)"""
+    out_dir: Path = Path("runs/vision_calibration")
+    """where the runs are written"""
+    results: Path = Path("benchmarks/results/vision_calibration.json")
+    """the JSON summary"""
+    figure: Path = Path("docs/img/vision_calibration.png")
+    """curves; the reliability diagram goes beside it (*_reliability.png)"""
+
+
+def configs(args: Args) -> list[TrainConfig]:
+    """One TrainConfig per (method, seed), differing only in the method's fields and the seed."""
+    methods = {"ce": {}, f"ls{args.label_smoothing:g}": {"label_smoothing": args.label_smoothing}}
+    for h0 in args.era_min_entropy:
+        methods[f"era{h0:g}"] = {"era_min_entropy": h0}
+    common = dict(
+        model=args.model,
+        epochs=args.epochs,
+        train_subset=args.train_subset,
+        eval_every=args.eval_every,
+        lr=args.lr,
+        warmup_epochs=args.warmup_epochs,
+        device=args.device,
+        threads=args.threads,
+        progress=False,
+        resume=True,
+    )
+    return [
+        TrainConfig(out_dir=args.out_dir / name / f"seed{seed}", seed=seed, **common, **method)
+        for name, method in methods.items()
+        for seed in args.seeds
+    ]
+
+
+def run_one(config: TrainConfig) -> dict[str, float]:
+    """Train one run unless it has finished already; its final test metrics."""
+    final = Path(config.out_dir) / "final.json"
+    if final.exists():
+        return json.loads(final.read_text())
+    started = time.perf_counter()
+    metrics = train(config)
+    print(f"{config.out_dir}: {metrics} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return metrics
+
+
+def summarise(runs: list[TrainConfig], results: list[dict]) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for config, metrics in zip(runs, results, strict=True):
+        groups.setdefault(run_label(dataclasses.asdict(config)), []).append(metrics)
+    table = {}
+    for label, rows in groups.items():
+        table[label] = {"n_seeds": len(rows)}
+        for metric in METRICS:
+            values = np.array([r[metric] for r in rows])
+            table[label][metric] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(rows) > 1 else math.nan,
+                "values": values.tolist(),
+            }
+    return table
+
+
+def _cell(stats: dict, scale: float = 1.0, digits: int = 3) -> str:
+    return f"{stats['mean'] * scale:.{digits}f} ± {stats['std'] * scale:.{digits}f}"
+
+
+def markdown(table: dict) -> str:
+    lines = [
+        "| method | top-1 (%) | NLL | ECE (%) | mean entropy | min entropy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, row in table.items():
+        lines.append(
+            f"| {label} | {_cell(row['top1'], 100, 2)} | {_cell(row['nll'])} | "
+            f"{_cell(row['ece'], 100, 2)} | {_cell(row['entropy_mean'])} | "
+            f"{_cell(row['entropy_min'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(args: Args) -> None:
+    runs = configs(args)
+    print(f"{len(runs)} runs under {args.out_dir}", flush=True)
+    started = time.perf_counter()
+    results = run_in_parallel(run_one, runs, max_workers=args.parallel)
+    table = summarise(runs, results)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "command": "python " + " ".join(sys.argv),
+        "args": json.loads(json.dumps(dataclasses.asdict(args), default=str)),
+        "wall_s_this_invocation": time.perf_counter() - started,
+        "table": table,
+    }
+    args.results.write_text(json.dumps(summary, indent=2) + "\n")
+    curves, reliability = plot_runs([Path(c.out_dir) for c in runs], args.figure)
+    print(markdown(table))
+    print(f"wrote {args.results}, {curves}, {reliability}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

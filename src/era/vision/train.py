@@ -1,0 +1,483 @@
+"""The image-classification trainer: ERA or a baseline, one CPU to many GPUs (torchrun / DDP).
+
+``train(TrainConfig(...))`` is the whole pipeline: data, model, SGD/AdamW with a warmup + cosine
+schedule, evaluation (top-1/5, NLL, ECE, predictive entropy) every ``eval_every`` steps, CSV +
+TensorBoard logs, checkpoints. A checkpoint holds everything the next step depends on (weights,
+optimiser, schedule, every process's random state, the step), so a resumed run continues exactly
+as if it had never stopped. Launched by ``torchrun --nproc-per-node N``, each process trains on
+``batch_size / N`` images of every global batch and gradients are averaged (gloo on CPU, NCCL on
+GPU); logging and checkpoints are done by process 0 alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from era.runs import (
+    MetricLogger,
+    check_finite,
+    graceful_interrupt,
+    load_checkpoint,
+    progress_bar,
+    save_checkpoint,
+    set_seed,
+    write_run_metadata,
+)
+from era.vision.data import ShardedSampler, build_datasets
+from era.vision.head import create_model
+from era.vision.losses import classification_loss
+from era.vision.metrics import EvalAccumulator
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Train an image classifier with the ERA head or a baseline; evaluate accuracy and calibration.
+
+    Baselines from the same command: plain cross-entropy (the default), ``--label-smoothing``,
+    ``--confidence-penalty``, ``--drop-rate`` (dropout before the classifier), mixup/cutmix.
+    """
+
+    out_dir: Path = Path("runs/vision/fashion-mnist")
+    """run directory: config, versions, metrics.csv, TensorBoard events (tb/), checkpoint"""
+    dataset: Literal["fashion-mnist", "cifar10", "imagefolder"] = "fashion-mnist"
+    """fashion-mnist (Debian package dataset-fashion-mnist), cifar10, or an ImageFolder tree"""
+    data_dir: Path | None = None
+    """dataset root (default for fashion-mnist: /usr/share/datasets/fashion-mnist)"""
+    image_size: int = 224
+    """imagefolder only: training crop / evaluation centre-crop size"""
+    train_subset: int = 0
+    """train on this many images (the same fixed subset for every run); 0 = all"""
+    augment: bool = True
+    """standard augmentation: pad-and-crop + flip (small images), random-resized crop + flip"""
+    model: str = "resnet10t"
+    """timm model name (randomly initialised; nothing is downloaded)"""
+    era_min_entropy: float | None = None
+    """put ERA on the logits with this entropy floor in nats (omit: no ERA)"""
+    era_tau: float = 4.0
+    """ERA's tau (> e): each class's share before normalisation is capped at 1/tau"""
+    era_floor: Literal["tight", "paper"] = "tight"
+    """tight: the floor is exactly era_min_entropy; paper: the paper's looser C = exp(H0 - 1)"""
+    label_smoothing: float = 0.0
+    """label smoothing of the cross-entropy target, in [0, 1)"""
+    confidence_penalty: float = 0.0
+    """beta of the confidence penalty: loss = CE - beta * H(p)"""
+    drop_rate: float = 0.0
+    """dropout probability before the classifier"""
+    mixup: float = 0.0
+    """mixup alpha (0 = off); soft targets through timm.data.Mixup"""
+    cutmix: float = 0.0
+    """cutmix alpha (0 = off)"""
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    """SGD with Nesterov momentum, or AdamW"""
+    lr: float = 0.1
+    """peak learning rate (for the global batch size)"""
+    momentum: float = 0.9
+    """SGD momentum"""
+    weight_decay: float = 5e-4
+    """weight decay (decoupled for AdamW)"""
+    epochs: int = 10
+    """passes over the training set; the cosine schedule spans all of them"""
+    warmup_epochs: float = 1.0
+    """linear learning-rate warmup, in epochs (may be fractional)"""
+    batch_size: int = 128
+    """global batch size, split evenly across DDP processes"""
+    eval_batch_size: int = 512
+    """evaluation batch size per process"""
+    eval_every: int = 0
+    """evaluate (and checkpoint) every this many steps; 0 = at the end of every epoch"""
+    max_steps: int = 0
+    """stop with a checkpoint after this many steps in this invocation (0 = no limit)"""
+    workers: int = 0
+    """data-loading worker processes per training process"""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda"""
+    amp: bool = True
+    """bfloat16 autocast on CUDA (ignored on CPU)"""
+    sync_bn: bool = False
+    """with several GPUs, compute BatchNorm statistics over the global batch (SyncBatchNorm)"""
+    threads: int = 0
+    """torch CPU threads per process (0 = torch's default)"""
+    seed: int = 0
+    """seed of initialisation, data order, augmentation and dropout"""
+    resume: bool = False
+    """continue from out_dir's checkpoint (starts afresh when there is none)"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def __post_init__(self):
+        checks = {
+            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
+            "confidence_penalty": self.confidence_penalty >= 0.0,
+            "drop_rate": 0.0 <= self.drop_rate < 1.0,
+            "mixup": self.mixup >= 0.0,
+            "cutmix": self.cutmix >= 0.0,
+            "lr": self.lr > 0.0,
+            "momentum": 0.0 <= self.momentum < 1.0,
+            "weight_decay": self.weight_decay >= 0.0,
+            "epochs": self.epochs >= 1,
+            "warmup_epochs": 0.0 <= self.warmup_epochs <= self.epochs,
+            "batch_size": self.batch_size >= 1,
+            "eval_batch_size": self.eval_batch_size >= 1,
+            "eval_every": self.eval_every >= 0,
+            "max_steps": self.max_steps >= 0,
+            "workers": self.workers >= 0,
+            "threads": self.threads >= 0,
+            "train_subset": self.train_subset >= 0,
+        }
+        allowed = {
+            "label_smoothing": "[0, 1)",
+            "confidence_penalty": ">= 0",
+            "drop_rate": "[0, 1)",
+            "mixup": ">= 0",
+            "cutmix": ">= 0",
+            "lr": "> 0",
+            "momentum": "[0, 1)",
+            "weight_decay": ">= 0",
+            "epochs": ">= 1",
+            "warmup_epochs": "[0, epochs]",
+            "batch_size": ">= 1",
+            "eval_batch_size": ">= 1",
+            "eval_every": ">= 0",
+            "max_steps": ">= 0",
+            "workers": ">= 0",
+            "threads": ">= 0",
+            "train_subset": ">= 0",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name} must be {allowed[name]}, got {getattr(self, name)!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes and devices
+# ---------------------------------------------------------------------------------------------
+
+
+def _start_processes(device: str) -> tuple[int, int, torch.device, bool]:
+    """``(rank, world_size, device, started_here)``; joins torchrun's process group if any."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device")
+    started = False
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        started = True
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return rank, world, torch.device("cuda", local_rank), started
+    return rank, world, torch.device("cpu"), started
+
+
+def _random_state() -> dict:
+    # NumPy's global stream is part of the state: timm's Mixup draws its lambdas from it.
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_random_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on biases and normalisation weights (the usual recipe for ResNets).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0
+        )
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _schedule(optimizer, warmup_steps: int, total_steps: int):
+    """Linear warmup to the peak learning rate, then cosine decay to zero at the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp: bool
+) -> EvalAccumulator:
+    """Statistics of the model on this process's share of the test set, summed over processes."""
+    model.eval()
+    stats = EvalAccumulator(device=device)
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(images)
+        stats.update(logits.float(), labels)
+    stats.all_reduce()
+    model.train()
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig) -> dict[str, float]:
+    """Train (or resume) as configured; returns the last evaluation's metrics."""
+    rank, world, device, started_here = _start_processes(config.device)
+    try:
+        return _train(config, rank, world, device)
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> dict[str, float]:
+    if config.batch_size % world:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be divisible by the number of processes ({world})"
+        )
+    local_batch = config.batch_size // world
+    if (config.mixup or config.cutmix) and local_batch % 2:
+        raise ValueError(f"mixup/cutmix need an even per-process batch, got {local_batch}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    amp = config.amp and device.type == "cuda"
+    out_dir = Path(config.out_dir)
+    checkpoint_path = out_dir / CHECKPOINT
+    if checkpoint_path.exists() and not config.resume:
+        raise FileExistsError(
+            f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
+            "choose another --out-dir"
+        )
+    set_seed(config.seed)
+
+    data = build_datasets(
+        config.dataset,
+        config.data_dir,
+        augment=config.augment,
+        image_size=config.image_size,
+        train_subset=config.train_subset,
+        seed=config.seed,
+    )
+    train_sampler = ShardedSampler(
+        len(data.train), batch_size=config.batch_size, rank=rank, world_size=world, seed=config.seed
+    )
+    steps_per_epoch = train_sampler.batches_per_epoch()
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"batch_size={config.batch_size} exceeds the {len(data.train)} training images"
+        )
+    test_sampler = ShardedSampler(
+        len(data.test),
+        batch_size=len(data.test),
+        rank=rank,
+        world_size=world,
+        shuffle=False,
+        drop_last=False,
+    )
+    loader_options = dict(
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.workers > 0,
+    )
+    train_loader = DataLoader(
+        data.train,
+        batch_size=local_batch,
+        sampler=train_sampler,
+        collate_fn=data.train_collate,
+        drop_last=True,
+        **loader_options,
+    )
+    test_loader = DataLoader(
+        data.test,
+        batch_size=config.eval_batch_size,
+        sampler=test_sampler,
+        collate_fn=data.test_collate,
+        **loader_options,
+    )
+
+    model = create_model(
+        config.model,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        era_min_entropy=config.era_min_entropy,
+        tau=config.era_tau,
+        floor=config.era_floor,
+        drop_rate=config.drop_rate,
+    ).to(device)
+    if config.sync_bn and world > 1:
+        if device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU kernel)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimizer = _optimizer(model, config)
+    total_steps = config.epochs * steps_per_epoch
+    scheduler = _schedule(optimizer, round(config.warmup_epochs * steps_per_epoch), total_steps)
+    mixup = None
+    if config.mixup or config.cutmix:
+        from timm.data import Mixup
+
+        mixup = Mixup(
+            mixup_alpha=config.mixup,
+            cutmix_alpha=config.cutmix,
+            label_smoothing=config.label_smoothing,
+            num_classes=data.num_classes,
+        )
+    eval_every = config.eval_every or steps_per_epoch
+
+    step = 0
+    resumed = config.resume and checkpoint_path.exists()
+    if resumed:
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        if len(state["random"]) != world:
+            raise ValueError(
+                f"the checkpoint was written by {len(state['random'])} processes; "
+                f"resume it with the same number, not {world}"
+            )
+        _set_random_state(state["random"][rank])
+        if step >= total_steps and (out_dir / "final.json").exists():
+            return json.loads((out_dir / "final.json").read_text())
+
+    def save() -> None:
+        states = _gather(_random_state(), world)
+        if rank == 0:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "random": states,
+                    "config": config,
+                },
+            )
+
+    logger = None
+    if rank == 0:
+        write_run_metadata(out_dir, config)
+        logger = MetricLogger(out_dir, resume_step=step if resumed else None)
+    metrics: dict[str, float] = {}
+    loss_sum, loss_count, started, steps_here = 0.0, 0, time.perf_counter(), 0
+    quiet = rank != 0 or not config.progress
+    with graceful_interrupt() as interrupt, progress_bar(disable=quiet) as bar:
+        task = bar.add_task(f"train {config.model}", total=total_steps, completed=step, info="")
+        while step < total_steps:
+            train_sampler.set_epoch(*divmod(step, steps_per_epoch))
+            for images, labels in train_loader:
+                images, labels = images.to(device, non_blocking=True), labels.to(device)
+                target = labels
+                if mixup is not None:
+                    images, target = mixup(images, labels)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = ddp(images)
+                loss = classification_loss(
+                    logits,
+                    target,
+                    label_smoothing=0.0 if mixup is not None else config.label_smoothing,
+                    confidence_penalty=config.confidence_penalty,
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                steps_here += 1
+                # One small all-reduce per step: the mean loss and any process's Ctrl-C, so that
+                # every process stops (or fails) at the same step.
+                shared = torch.tensor([loss.item(), float(interrupt.requested)], device=device)
+                if world > 1:
+                    dist.all_reduce(shared)
+                mean_loss, stop = shared[0].item() / world, shared[1].item() > 0
+                check_finite(step, loss=mean_loss)
+                loss_sum, loss_count = loss_sum + mean_loss, loss_count + 1
+                info = f"loss {mean_loss:.3f}" + (f" top1 {metrics['top1']:.3f}" if metrics else "")
+                bar.update(task, advance=1, info=info)
+
+                if step % eval_every == 0 or step == total_steps:
+                    stats = evaluate(model, test_loader, device, amp)
+                    metrics = stats.compute()
+                    if rank == 0:
+                        row = {
+                            "epoch": step / steps_per_epoch,
+                            **metrics,
+                            "train_loss": loss_sum / loss_count,
+                            "lr": scheduler.get_last_lr()[0],
+                            "time_s": time.perf_counter() - started,
+                        }
+                        logger.row(step, row)
+                        (out_dir / "reliability.json").write_text(
+                            json.dumps({"step": step, **stats.reliability()}) + "\n"
+                        )
+                    loss_sum, loss_count = 0.0, 0
+                    save()
+                elif rank == 0 and step % 50 == 0:
+                    logger.scalars(
+                        step, {"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}
+                    )
+                if stop or (config.max_steps and steps_here >= config.max_steps):
+                    if step % eval_every:
+                        save()
+                    if rank == 0:
+                        print(f"stopped at step {step}/{total_steps}; continue with --resume")
+                    if logger:
+                        logger.close()
+                    return metrics
+                if step == total_steps:
+                    break
+    if logger:
+        logger.close()
+        (out_dir / "final.json").write_text(json.dumps({"step": step, **metrics}, indent=2) + "\n")
+    return metrics
