@@ -67,7 +67,7 @@ def main(args: Args) -> dict:
     for task in args.tasks:
         name = task.replace("/", "_")
         for head in HEADS:
-            paths = sorted((args.results / name / head).glob("seed*.csv"))
+            paths = sorted((args.results / name / head).glob("seed*/metrics.csv"))
             if paths:
                 result.setdefault(task, {})[head] = {
                     "seeds": len(paths),

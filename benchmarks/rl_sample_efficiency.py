@@ -7,7 +7,7 @@ script can be killed and restarted at any time. Afterwards (or with ``--aggregat
 writes, per task and head, the final evaluation return (mean, std over seeds) and the ERA / SAC
 ratio of the means to a JSON file and a markdown table, copies each run's ``metrics.csv`` beside
 the JSON (so the tables and plots can be rebuilt without the run directories) and draws the
-learning curves.
+learning curves with ``era rl plot``.
 
 The issue's full scale (about 6 CPU-days on this machine)::
 
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import tyro
 
-from era.plotting import plot_curves
 from era.rl.config import SACConfig, TrainConfig
 from era.runs import read_metrics
 
@@ -70,7 +69,7 @@ def run_dir(args: Args, task: str, head: str, seed: int) -> Path:
 
 
 def csv_copy(args: Args, task: str, head: str, seed: int) -> Path:
-    return args.results / task.replace("/", "_") / head / f"seed{seed}.csv"
+    return args.results / task.replace("/", "_") / head / f"seed{seed}" / "metrics.csv"
 
 
 def is_finished(out: Path, total_steps: int) -> bool:
@@ -136,7 +135,7 @@ def aggregate(args: Args) -> dict:
                     "seeds": len(finals),
                     "steps_per_s": statistics.mean(sps),
                 }
-        if len(row) == len(HEADS) and row["SAC"]["final_return_mean"] != 0:
+        if len(row) == len(HEADS) and row["SAC"]["final_return_mean"] > 0:  # ratios of positives
             row["ratio_era_over_sac"] = (
                 row["SAC-ERA"]["final_return_mean"] / row["SAC"]["final_return_mean"]
             )
@@ -169,22 +168,15 @@ def markdown(result: dict) -> str:
 
 
 def plot(args: Args) -> None:
-    """Learning curves, one figure per task, stacked into ``--figure`` as ``..._<task>.png``."""
+    """Learning curves per task with ``era rl plot``, written as ``--figure`` + ``_<task>``."""
+    from era.rl.cli import PlotConfig, plot
+
     for task in args.tasks:
-        groups = {
-            head: [p for s in args.seeds if (p := csv_copy(args, task, head, s)).exists()]
-            for head in HEADS
-        }
-        if not any(groups.values()):
-            continue
-        name = task.replace("/", "_")
-        plot_curves(
-            groups,
-            x="step",
-            panels=[("return_mean", "evaluation return"), ("entropy", "policy entropy (nats)")],
-            out_png=args.figure.with_name(f"{args.figure.stem}_{name}.png"),
-            title=task,
-        )
+        runs = [args.results / task.replace("/", "_") / head for head in HEADS]
+        if all(any(r.glob("seed*/metrics.csv")) for r in runs):
+            name = task.replace("/", "_")
+            out = args.figure.with_name(f"{args.figure.stem}_{name}.png")
+            plot(PlotConfig(runs=runs, out=out, labels=list(HEADS)))
 
 
 def main(args: Args) -> dict:
