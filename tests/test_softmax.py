@@ -88,12 +88,21 @@ def test_lambertw_m1_half_inputs_computed_in_float32(dtype):
 
 
 def test_lambertw_m1_domain_policy():
-    for dtype in (torch.float32, torch.float64):
-        x = torch.tensor([-INV_E, 0.0, -0.0, 1e-3, -0.37, -0.5, math.nan], dtype=dtype)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        x = torch.tensor([-INV_E, 0.0, -0.0, 1e-3, -0.38, -0.5, math.nan], dtype=dtype)
         w = lambertw_m1(x)
-        assert w[0] == -1  # −1/e as stored in the dtype: the branch point
+        # −1/e rounds outward (counts as the branch point) except in bfloat16 (to −0.3672).
+        if dtype == torch.bfloat16:
+            assert -1.1 < w[0] < -1
+        else:
+            assert w[0] == -1
         assert w[1] == -math.inf and w[2] == -math.inf
         assert w[3:].isnan().all()
+    # The bfloat16 neighbour of −1/e on the outside still counts as the branch point ...
+    assert lambertw_m1(torch.tensor([-0.369140625], dtype=torch.bfloat16)).item() == -1
+    # ... but points outside by more than the rounding of −1/e do not.
+    assert lambertw_m1(torch.tensor([-0.367881, -0.3679])).isnan().all()
+    assert lambertw_m1(torch.tensor([-INV_E * (1 + 1e-15)], dtype=torch.float64)).isnan().all()
 
 
 def test_lambertw_m1_rejects_integer_tensors():

@@ -50,18 +50,18 @@ _INV_E = {dtype: _split_inv_e(dtype) for dtype in (torch.float32, torch.float64)
 _HALLEY_STEPS = 2  # the initial guess is within 2%; each step triples the correct digits
 
 
-def _lambertw_m1_solve(x: Tensor) -> Tensor:
-    """W₋₁(x) for float32/float64 ``x`` (no autograd).
+def _lambertw_m1_solve(x: Tensor, tolerance: float) -> Tensor:
+    """W₋₁(x) for float32/float64 ``x`` (no autograd); ``x`` down to ``−(1 + tolerance)/e``
+    counts as the branch point ``−1/e``.
 
     Writing ``W = −1 − v`` and ``s = −log(−e·x) ≥ 0`` turns ``W·e^W = x`` into
     ``v − log(1 + v) = s``, which is well conditioned in ``v`` at both ends: near the branch
     point (``s → 0``, where ``s`` is computed from the exact ``x + 1/e``) and near ``x → 0``
     (no ``e^W`` to underflow).
     """
-    eps = torch.finfo(x.dtype).eps
     hi, lo = _INV_E[x.dtype]
     r = (x + hi) + lo  # x + 1/e
-    in_domain = (r >= -eps * hi) & (x <= 0)  # tolerate x = −1/e rounded outward
+    in_domain = (r >= -tolerance * hi) & (x <= 0)
     near_branch = x < -0.25  # there x + hi is exact, and log(−x) would cancel against −1
     s = torch.where(near_branch, -torch.log1p(-math.e * r.clamp(min=0)), -1 - torch.log(-x))
 
@@ -85,18 +85,18 @@ def _lambertw_m1_solve(x: Tensor) -> Tensor:
 
 class _LambertWm1(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        w = _lambertw_m1_solve(x)
+    def forward(ctx, x: Tensor, tolerance: float) -> Tensor:
+        w = _lambertw_m1_solve(x, tolerance)
         ctx.save_for_backward(x, w)
         return w
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         x, w = ctx.saved_tensors
         # dW/dx = W / (x (1 + W)); −(1 + W) is capped below at eps because the true slope is −∞
         # at the branch point x = −1/e and we would rather return a large finite number.
         one_plus_w = (1 + w).clamp(max=-torch.finfo(w.dtype).eps)
-        return grad * w / (x * one_plus_w)
+        return grad * w / (x * one_plus_w), None
 
 
 def lambertw_m1(x: Tensor) -> Tensor:
@@ -108,13 +108,15 @@ def lambertw_m1(x: Tensor) -> Tensor:
     ``W / (x·(1 + W))`` (capped to a large finite value at ``x = −1/e`` itself).
 
     Out of the domain, like ``torch.log``: ``x = 0`` gives ``−inf``, ``x < −1/e`` or ``x > 0``
-    gives NaN (``x`` within an ulp below ``−1/e`` counts as ``−1/e``). No error is raised, since
-    checking would force a device synchronisation on every call.
+    gives NaN (``x`` within about an ulp of its dtype below ``−1/e`` counts as ``−1/e``, so the
+    rounded ``−1/e`` gives ``−1``). No error is raised: a check would force a device
+    synchronisation on every call.
     """
     if not x.is_floating_point():
         raise TypeError(f"lambertw_m1 needs a floating-point tensor, got dtype {x.dtype}")
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _LambertWm1.apply(x.to(compute)).to(x.dtype)
+    tolerance = torch.finfo(x.dtype).eps  # x's own rounding of −1/e may fall outside
+    return _LambertWm1.apply(x.to(compute), tolerance).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +127,9 @@ FLOORS = ("tight", "paper")
 INVERSES = ("exact", "approx")
 
 
-def feasible_min_entropy(num_classes: int, tau: float = 4.0, floor: str = "tight") -> tuple:
+def feasible_min_entropy(
+    num_classes: int, tau: float = 4.0, floor: str = "tight"
+) -> tuple[float, float]:
     """The interval ``[low, high)`` of ``min_entropy`` values this activation can guarantee.
 
     The entropy budget ``C`` must satisfy ``u_max ≤ C < n·u_max`` (``u_max = log(τ)/τ``): below,
@@ -216,7 +220,7 @@ def _era_from_probs(p: Tensor, slope: float, offset: float, inverse: str) -> Ten
     # The clamp only bites when offset is 0 (or underflows) and p_i underflows: it keeps z' finite.
     y = (slope * p + offset).clamp(min=torch.finfo(p.dtype).tiny)
     if inverse == "exact":
-        return _LambertWm1.apply(-y)
+        return _LambertWm1.apply(-y, 0.0)  # −y ∈ [−u_max, 0) is inside the domain
     u = -1 - torch.log(y)
     return -1 - torch.sqrt(2 * u) - 0.75 * u
 
