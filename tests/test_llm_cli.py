@@ -1,0 +1,155 @@
+"""End-to-end tests of `era llm warm-start | train | eval` on a tiny model (seconds on a CPU)."""
+
+import json
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("reasoning_gym")
+
+from era.llm.cli import main  # noqa: E402
+from era.runs import read_metrics  # noqa: E402
+
+TASK = ["--task.train-size", "64", "--task.held-out-size", "8"]
+TINY = ["--hidden-size", "16", "--layers", "1", "--heads", "2", "--vocab-size", "48"]
+FAST = [
+    "--prompts-per-step",
+    "2",
+    "--num-generations",
+    "4",
+    "--max-completion-length",
+    "4",
+    "--eval-problems",
+    "4",
+    "--eval-samples",
+    "2",
+    "--learning-rate",
+    "1e-3",
+]
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("llm") / "init"
+    main(["warm-start", "--out-dir", str(out), "--steps", "3", "--eval-samples", "2", *TASK, *TINY])
+    return out
+
+
+def test_warm_start_saves_a_loadable_checkpoint(init_dir):
+    assert (init_dir / "config.json").is_file() and (init_dir / "tokenizer.json").is_file()
+    result = json.loads((init_dir / "eval.json").read_text())
+    assert {"accuracy", "reward", "pass@1", "pass@2"} <= set(result)
+    assert 0.0 <= result["pass@1"] <= result["pass@2"] <= 1.0
+
+
+@pytest.mark.parametrize("era", [True, False])
+def test_two_step_training_run(init_dir, tmp_path, era):
+    out = tmp_path / ("era" if era else "grpo")
+    main(
+        [
+            "train",
+            "--model",
+            str(init_dir),
+            "--out-dir",
+            str(out),
+            "--steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--save-every",
+            "2",
+            "--era" if era else "--no-era",
+            "--era-low",
+            "5.0",
+            "--era-high",
+            "9.0",
+            *TASK,
+            *FAST,
+        ]
+    )
+    metrics = read_metrics(out / "metrics.csv")
+    assert list(metrics["step"]) == [0, 1, 2]
+    assert all(0 <= r <= 1 for r in metrics["reward"][1:])
+    assert all(e > 0 for e in metrics["entropy"][1:])
+    # A band above the model's entropy: ERA classifies every response as below it.
+    expected_below = 1.0 if era else 0.0
+    assert list(metrics["frac_below"][1:]) == [expected_below] * 2
+    assert (out / "final" / "config.json").is_file()
+    assert (out / "checkpoint-2").is_dir() and (out / "tb").is_dir()
+    config = json.loads((out / "config.json").read_text())
+    assert config["era"] is era and config["steps"] == 2
+
+
+def test_resume_continues_without_duplicate_rows(init_dir, tmp_path):
+    out = tmp_path / "run"
+    common = [
+        "train",
+        "--model",
+        str(init_dir),
+        "--out-dir",
+        str(out),
+        "--eval-every",
+        "1",
+        "--save-every",
+        "1",
+        *TASK,
+        *FAST,
+    ]
+    main([*common, "--steps", "2"])
+    with pytest.raises(ValueError, match="pass --resume"):
+        main([*common, "--steps", "3"])
+    main([*common, "--steps", "3", "--resume"])
+    metrics = read_metrics(out / "metrics.csv")
+    assert list(metrics["step"]) == [0, 1, 2, 3]
+    assert (out / "checkpoint-3").is_dir()
+
+
+def test_eval_command_writes_json(init_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    main(
+        [
+            "eval",
+            "--model",
+            str(init_dir),
+            "--samples",
+            "4",
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+            *TASK,
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert result["n"] == 3 and {"pass@1", "pass@2", "pass@4", "accuracy"} <= set(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-generations", "1"], "num_generations must be >= 2"),
+        (["--eval-problems", "50"], "eval_problems"),
+        (["--steps", "0"], "steps must be >= 1"),
+        (["--resume"], "no checkpoint-N"),
+        (["--era-low", "2.0", "--era-high", "1.0"], "era_low < era_high"),
+    ],
+)
+def test_bad_arguments_fail_early_with_a_clear_message(init_dir, tmp_path, args, message):
+    with pytest.raises(ValueError, match=message):
+        main(
+            [
+                "train",
+                "--model",
+                str(init_dir),
+                "--out-dir",
+                str(tmp_path / "x"),
+                *TASK,
+                *FAST,
+                *args,
+            ]
+        )
+
+
+def test_unknown_model_is_not_downloaded(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        main(["eval", "--model", "someone/some-model", *TASK])
