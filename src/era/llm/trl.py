@@ -89,19 +89,60 @@ def _tiles(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
-def _matmul(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
-    """``a @ b`` in ``acc``; on CUDA, half-precision products are accumulated without rounding."""
-    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
-        return torch.mm(a, b, out_dtype=acc)
-    return torch.mm(a, b).to(acc)
+def _matmul_into(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """``out += a @ b`` with ``out`` in the accumulation dtype; half-precision products are not
+    rounded before they are added where the hardware allows it (CUDA)."""
+    if a.dtype == out.dtype:
+        out.addmm_(a, b)
+    elif a.is_cuda:
+        out += torch.mm(a, b, out_dtype=out.dtype)
+    else:
+        out += torch.mm(a, b).to(out.dtype)
 
 
-def _project(h: Tensor, weight: Tensor, bias: Tensor | None, cols: slice, dtype, acc) -> Tensor:
-    """A tile of logits ``h @ weight[cols].T + bias[cols]``, matmul in ``dtype``, out in ``acc``."""
-    tile = torch.mm(h, weight[cols].to(dtype).t())
-    if bias is not None:
-        tile = tile + bias[cols].to(dtype)
-    return tile.to(acc)
+def _scaled_exp(d: Tensor, e: Tensor, s: float, out: Tensor) -> Tensor:
+    """``exp(s·d)`` into ``out``, given ``e = exp(d)``.
+
+    For the default k = 2 this is a square or a square root of ``e``, several times cheaper than an
+    exponential; terms they round to zero are below 1e-22 of a sum that is at least 1.
+    """
+    if s == 2.0:
+        return torch.mul(e, e, out=out)
+    if s == 0.5:
+        return torch.sqrt(e, out=out)
+    return torch.mul(d, s, out=out).exp_()
+
+
+class _Tiles:
+    """Tile-sized buffers, allocated once per pass: allocating a fresh tile for every step costs
+    more (page faults) than the arithmetic done on it."""
+
+    def __init__(
+        self, rows: int, cols: int, dtype: torch.dtype, acc: torch.dtype, device, extra: bool
+    ):
+        self.dtype = dtype
+        self.z = torch.empty(rows, cols, dtype=acc, device=device)
+        self.e = torch.empty_like(self.z)
+        self.x = torch.empty_like(self.z) if extra else None
+        self.low = None if dtype == acc else torch.empty(rows, cols, dtype=dtype, device=device)
+
+    def logits(self, h: Tensor, weight: Tensor, bias, cols: slice, inv_temp: float) -> Tensor:
+        """``(h @ weight[cols].T + bias[cols]) · inv_temp`` as a view of the ``z`` buffer."""
+        n, w = h.shape[0], cols.stop - cols.start
+        z = self.z[:n, :w]
+        if self.low is None:
+            torch.mm(h, weight[cols].to(self.dtype).t(), out=z)
+        else:
+            z.copy_(torch.mm(h, weight[cols].to(self.dtype).t(), out=self.low[:n, :w]))
+        if bias is not None:
+            z.add_(bias[cols])
+        return z.mul_(inv_temp) if inv_temp != 1.0 else z
+
+    def in_dtype(self, grad: Tensor) -> Tensor:
+        """``grad`` in the matmul dtype (a view of a reused buffer when a cast is needed)."""
+        if self.low is None:
+            return grad
+        return self.low[: grad.shape[0], : grad.shape[1]].copy_(grad)
 
 
 class _ERAHead(torch.autograd.Function):
@@ -121,45 +162,54 @@ class _ERAHead(torch.autograd.Function):
         # Without top-k, every scale needs its own sum over the vocabulary; with it, only s = 1
         # (for the entropy): the normalisers come from the kept top-k logits at the end.
         sum_scales = scales if top_k is None else (1.0,)
+        tiles = _Tiles(
+            min(n, token_tile),
+            min(vocab, vocab_tile),
+            dtype,
+            acc,
+            hidden.device,
+            len(sum_scales) > 1,
+        )
 
-        for rows in _tiles(n, token_tile):
-            h, lab = hidden[rows].to(dtype), labels[rows]
-            # Running statistics against the running max m: sums[c] = Σ exp(s_c (z − m)),
-            # sum_ed = Σ exp(z − m)·(z − m), whence logsumexp(s_c z) = s_c m + log sums[c] and
-            # H = log sums[0] − sum_ed / sums[0].
-            m = sums = sum_ed = None
-            for cols in _tiles(vocab, vocab_tile):
-                z = _project(h, weight, bias, cols, dtype, acc).mul_(inv_temp)
-                inside = (lab >= cols.start) & (lab < cols.stop)
-                local = (lab - cols.start).clamp(0, z.shape[1] - 1)
-                label_logit[rows] += torch.where(inside, z.gather(1, local[:, None])[:, 0], 0.0)
-                if top_k is not None:
-                    k = min(top_k, z.shape[1])
-                    values, index = z.topk(k, dim=1)
-                    merged = torch.cat([top[rows], values], dim=1)
-                    merged_index = torch.cat([top_index[rows], index + cols.start], dim=1)
-                    top[rows], keep = merged.topk(top_k, dim=1)
-                    top_index[rows] = merged_index.gather(1, keep)
-                tile_max = z.amax(dim=1)
-                if m is None:
-                    m = tile_max
-                    sums = [torch.zeros_like(m) for _ in sum_scales]
-                    sum_ed = torch.zeros_like(m)
-                new_m = torch.maximum(m, tile_max)
-                shift = m - new_m  # <= 0: rescales the sums taken against the old max
-                d = z.sub_(new_m[:, None])
-                for c, s in enumerate(sum_scales[1:], start=1):
-                    sums[c] = sums[c] * (s * shift).exp() + d.mul(s).exp_().sum(dim=1)
-                e = torch.exp(d)
-                rescale = shift.exp()
-                sum_ed = rescale * (sum_ed + shift * sums[0])
-                sums[0] = sums[0] * rescale + e.sum(dim=1)
-                sum_ed += e.mul_(d).sum(dim=1)
-                m = new_m
-            entropy[rows] = sums[0].log() - sum_ed / sums[0]
-            if top_k is None:
-                for c, s in enumerate(scales):
-                    log_norm[rows, c] = s * m + sums[c].log()
+        with torch.autocast(hidden.device.type, enabled=False):  # dtypes are handled here
+            for rows in _tiles(n, token_tile):
+                h, lab = hidden[rows].to(dtype), labels[rows]
+                # Running statistics against the running max m: sums[c] = Σ exp(s_c (z − m)),
+                # sum_ed = Σ exp(z − m)·(z − m), whence logsumexp(s_c z) = s_c m + log sums[c]
+                # and H = log sums[0] − sum_ed / sums[0].
+                m = sums = sum_ed = None
+                for cols in _tiles(vocab, vocab_tile):
+                    z = tiles.logits(h, weight, bias, cols, inv_temp)
+                    inside = (lab >= cols.start) & (lab < cols.stop)
+                    local = (lab - cols.start).clamp(0, z.shape[1] - 1)
+                    label_logit[rows] += torch.where(inside, z.gather(1, local[:, None])[:, 0], 0.0)
+                    if top_k is not None:
+                        values, index = z.topk(min(top_k, z.shape[1]), dim=1)
+                        merged = torch.cat([top[rows], values], dim=1)
+                        merged_index = torch.cat([top_index[rows], index + cols.start], dim=1)
+                        top[rows], keep = merged.topk(top_k, dim=1)
+                        top_index[rows] = merged_index.gather(1, keep)
+                    tile_max = z.amax(dim=1)
+                    if m is None:
+                        m = tile_max
+                        sums = [torch.zeros_like(m) for _ in sum_scales]
+                        sum_ed = torch.zeros_like(m)
+                    new_m = torch.maximum(m, tile_max)
+                    shift = m - new_m  # <= 0: rescales the sums taken against the old max
+                    d = z.sub_(new_m[:, None])
+                    e = torch.exp(d, out=tiles.e[: d.shape[0], : d.shape[1]])
+                    for c, s in enumerate(sum_scales[1:], start=1):
+                        x = _scaled_exp(d, e, s, tiles.x[: d.shape[0], : d.shape[1]])
+                        sums[c] = sums[c] * (s * shift).exp() + x.sum(dim=1)
+                    rescale = shift.exp()
+                    sum_ed = rescale * (sum_ed + shift * sums[0])
+                    sums[0] = sums[0] * rescale + e.sum(dim=1)
+                    sum_ed += e.mul_(d).sum(dim=1)
+                    m = new_m
+                entropy[rows] = sums[0].log() - sum_ed / sums[0]
+                if top_k is None:
+                    for c, s in enumerate(scales):
+                        log_norm[rows, c] = s * m + sums[c].log()
         if top_k is not None:
             kth_logit = top[:, -1].clone()
             for c, s in enumerate(scales):
@@ -174,7 +224,7 @@ class _ERAHead(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_label, grad_log_norm, _grad_entropy, _grad_kth):
         hidden, weight, bias, labels, log_norm, top, top_index = ctx.saved_tensors
-        n = hidden.shape[0]
+        n, vocab = hidden.shape[0], weight.shape[0]
         acc = ctx.acc
         f32 = {"device": hidden.device, "dtype": acc}
         grad_label = torch.zeros(n, **f32) if grad_label is None else grad_label.to(acc)
@@ -183,6 +233,10 @@ class _ERAHead(torch.autograd.Function):
         grad_h = torch.zeros(hidden.shape, **f32) if want_h else None
         grad_w = torch.zeros(weight.shape, **f32) if want_w else None
         grad_b = torch.zeros(bias.shape, **f32) if want_b else None
+        tiles = _Tiles(
+            min(n, ctx.token_tile), min(vocab, ctx.vocab_tile), ctx.dtype, acc, hidden.device,
+            len(terms) > 1,
+        )  # fmt: skip
 
         if ctx.top_k is not None:
             # d/dz_j of logsumexp_top(s z) is s·softmax_top(s z)_j on the kept logits only, so
@@ -191,37 +245,44 @@ class _ERAHead(torch.autograd.Function):
             for g, s, ln in terms:
                 top_grad += (g * s)[:, None] * torch.exp(s[:, None] * top - ln[:, None])
 
-        for rows in _tiles(n, ctx.token_tile):
-            h, lab = hidden[rows].to(ctx.dtype), labels[rows]
-            for cols in _tiles(weight.shape[0], ctx.vocab_tile):
-                if ctx.top_k is None:
-                    # d/dz of logsumexp(s z) = s·softmax(s z) = s·exp(s z − log_norm).
-                    z = _project(h, weight, bias, cols, ctx.dtype, acc).mul_(ctx.inv_temp)
-                    grad = torch.zeros_like(z) if len(terms) != 1 else None
-                    for g, s, ln in terms:
-                        p = z if grad is None else z.clone()  # in place when there is one term
-                        p = p.mul_(s[rows, None]).sub_(ln[rows, None]).exp_()
-                        p = p.mul_((g * s)[rows, None])
-                        grad = p if grad is None else grad.add_(p)
-                else:
-                    grad = torch.zeros(lab.shape[0], cols.stop - cols.start, **f32)
-                    index = top_index[rows] - cols.start
-                    inside = (index >= 0) & (index < grad.shape[1])
-                    grad.scatter_add_(1, index.clamp(0, grad.shape[1] - 1), top_grad[rows] * inside)
-                local = lab - cols.start
-                inside = (local >= 0) & (local < grad.shape[1])
-                grad.scatter_add_(
-                    1,
-                    local.clamp(0, grad.shape[1] - 1)[:, None],
-                    (grad_label[rows] * inside)[:, None],
-                )
-                grad = grad.mul_(ctx.inv_temp).to(ctx.dtype)  # through z = logits / T
-                if grad_h is not None:
-                    grad_h[rows] += _matmul(grad, weight[cols].to(ctx.dtype), acc)
-                if grad_w is not None:
-                    grad_w[cols] += _matmul(grad.t(), h, acc)
-                if grad_b is not None:
-                    grad_b[cols] += grad.sum(dim=0, dtype=acc)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for rows in _tiles(n, ctx.token_tile):
+                h, lab = hidden[rows].to(ctx.dtype), labels[rows]
+                for cols in _tiles(vocab, ctx.vocab_tile):
+                    w = cols.stop - cols.start
+                    if ctx.top_k is None and terms:
+                        # d/dz of logsumexp(s z) = s·softmax(s z) = s·exp(s z − log_norm),
+                        # computed in place in the logits tile when there is one term.
+                        z = tiles.logits(h, weight, bias, cols, ctx.inv_temp)
+                        if len(terms) == 1:
+                            g, s, ln = terms[0]
+                            grad = z.mul_(s[rows, None]).sub_(ln[rows, None]).exp_()
+                            grad.mul_((g * s)[rows, None])
+                        else:
+                            grad = tiles.x[: z.shape[0], :w].zero_()
+                            for g, s, ln in terms:
+                                p = torch.mul(z, s[rows, None], out=tiles.e[: z.shape[0], :w])
+                                grad.add_(p.sub_(ln[rows, None]).exp_().mul_((g * s)[rows, None]))
+                    else:  # sparse: the label logits, and the kept top-k logits if any
+                        grad = tiles.z[: lab.shape[0], :w].zero_()
+                        if ctx.top_k is not None:
+                            index = top_index[rows] - cols.start
+                            inside = (index >= 0) & (index < w)
+                            grad.scatter_add_(1, index.clamp(0, w - 1), top_grad[rows] * inside)
+                    local = lab - cols.start
+                    inside = (local >= 0) & (local < w)
+                    grad.scatter_add_(
+                        1, local.clamp(0, w - 1)[:, None], (grad_label[rows] * inside)[:, None]
+                    )
+                    if ctx.inv_temp != 1.0:
+                        grad.mul_(ctx.inv_temp)  # through z = logits / T
+                    low = tiles.in_dtype(grad)
+                    if grad_h is not None:
+                        _matmul_into(grad_h[rows], low, weight[cols].to(ctx.dtype))
+                    if grad_w is not None:
+                        _matmul_into(grad_w[cols], low.t(), h)
+                    if grad_b is not None:
+                        grad_b[cols] += grad.sum(dim=0)
 
         return (
             None if grad_h is None else grad_h.to(hidden.dtype),

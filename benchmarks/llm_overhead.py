@@ -1,0 +1,239 @@
+"""ERA's cost in the GRPO loss step: time and peak memory of the log-prob path, with or without it.
+
+The workload is the part of a GRPO update that ERA touches: final hidden states
+``[batch, seq, hidden]`` (default 4 x 512 x 128, float32) projected through an LM head of a 32,000
+token vocabulary, the sampled tokens' log-probs and the entropies, and the backward pass of a
+token-mean policy-gradient loss down to the hidden states and the head's weight. The transformer
+body is left out on purpose: it is the same with and without ERA, so leaving it out makes the
+measured ratio ERA's worst case. Variants:
+
+* ``trl``: TRL 1.16's fused LM head (``trl.kernels.ChunkedLogProbFunction``, log-probs and
+  entropy), which is what ``GRPOTrainer`` runs in its loss; on CPU it uses its torch tiles.
+* ``ours``: the ERA head of ``era.llm`` with one scale (ERA off): the same path without ERA.
+* ``ours_era``: the ERA head with scales (1, k, 1/k), then what ``ERAGRPOTrainer`` does per step:
+  response entropies, ``era_scales``, the per-token pick of the log-normaliser, rescaled advantages.
+* ``naive``: full-vocabulary float32 logits, ``log_softmax``, gather, entropy, with ERA's per-row
+  scale applied to the logits.
+
+Memory method (as in ``benchmarks/token_memory.py``): each variant runs in a fresh spawned process;
+on CUDA the peak is ``torch.cuda.max_memory_allocated`` minus what was allocated before the step; on
+CPU it is the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the
+resident size before the step, with glibc's ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB so freed buffers
+leave the resident set. Timing interleaves the variants in one process after a warm-up step each
+and reports the median of ``--repeats`` steps: wall time on CUDA, process CPU time on CPU (steadier
+on a shared machine; with one thread it matches wall time on an idle one).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/llm_overhead.py
+
+writes ``benchmarks/results/llm_overhead.json`` and prints the table of
+``docs/benchmarks/llm_trainer.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import tyro
+from trl.kernels import ChunkedLogProbFunction
+
+from era.llm.trl import era_lm_head
+from era.token import era_scales, response_entropy
+
+RESULTS = Path(__file__).parent / "results" / "llm_overhead.json"
+VARIANTS = ("trl", "ours", "ours_era", "naive")
+TRL_VOCAB_CHUNK = 32768  # what add_fused_lm_head passes in trl 1.16
+
+
+@dataclass
+class Args:
+    batch: int = 4
+    """Responses per step."""
+    seq: int = 512
+    """Response tokens per response."""
+    vocab: int = 32000
+    """Vocabulary size."""
+    hidden: int = 128
+    """Hidden size (small, so the step runs on a CPU)."""
+    k: float = 2.0
+    """ERA's logit scale factor."""
+    temperature: float = 1.0
+    """Sampling temperature the logits are divided by."""
+    repeats: int = 5
+    """Timed steps per variant (the median is reported)."""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """Where to run."""
+    out: Path = RESULTS
+    """JSON file for the results."""
+
+
+def make_inputs(args: Args, seed: int = 0):
+    g = torch.Generator(device=args.device).manual_seed(seed)
+    dev = {"device": args.device}
+    hidden = torch.randn(args.batch, args.seq, args.hidden, generator=g, **dev)
+    weight = torch.randn(args.vocab, args.hidden, generator=g, **dev) / args.hidden**0.5
+    labels = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g, **dev)
+    mask = torch.ones(args.batch, args.seq, **dev)
+    mask[0, args.seq // 2 :] = 0  # one shorter response
+    # Alternate signs, so half the responses can be rescaled; one band edge per half.
+    advantages = torch.tensor([1.0, -1.0] * (args.batch // 2) + [1.0] * (args.batch % 2), **dev)
+    return hidden.requires_grad_(), weight.requires_grad_(), labels, mask, advantages
+
+
+def step(variant: str, args: Args, hidden, weight, labels, mask, advantages) -> None:
+    """One forward+backward of the token-mean loss -Σ A'·log π'(label) / Σ mask."""
+    flat_h, flat_labels = hidden.reshape(-1, args.hidden), labels.reshape(-1)
+    adv = advantages
+    if variant == "trl":
+        logps, _entropy, *_ = ChunkedLogProbFunction.apply(
+            flat_h, weight, None, flat_labels, args.temperature, TRL_VOCAB_CHUNK, None, 1.0,
+            ("log_probs", "entropy"),
+        )  # fmt: skip
+        logps = logps.view_as(labels)
+    elif variant == "ours":
+        out = era_lm_head(flat_h, weight, None, flat_labels, temperature=args.temperature)
+        logps = out.logprobs((1.0,), torch.zeros_like(flat_labels)).view_as(labels)
+    elif variant == "ours_era":
+        scales = (1.0, args.k, 1 / args.k)
+        out = era_lm_head(flat_h, weight, None, flat_labels, scales=scales,
+                          temperature=args.temperature)  # fmt: skip
+        entropy = out.entropy.view_as(labels)
+        h = response_entropy(entropy, mask)
+        # The band is set at this batch's median response entropy, so both branches fire.
+        mid = float(h.median())
+        logit_scale, adv_scale = era_scales(h, advantages, low=mid, high=mid + 1e-6, k=args.k)
+        per_token = logit_scale[:, None].expand_as(labels)
+        column = per_token.log()[..., None] - torch.tensor(scales).log().to(hidden.device)
+        column = column.abs().argmin(-1)
+        logps = out.logprobs(scales, column.reshape(-1)).view_as(labels)
+        adv = advantages * adv_scale
+    else:  # naive
+        z = (flat_h @ weight.T).float() / args.temperature
+        with torch.no_grad():
+            logp_plain = torch.log_softmax(z, -1)
+            entropy = -(logp_plain.exp() * logp_plain).sum(-1).view_as(labels)
+            del logp_plain
+        h = response_entropy(entropy, mask)
+        mid = float(h.median())
+        logit_scale, adv_scale = era_scales(h, advantages, low=mid, high=mid + 1e-6, k=args.k)
+        row_scale = logit_scale[:, None].expand_as(labels).reshape(-1, 1)
+        logps = torch.log_softmax(z * row_scale, -1).gather(1, flat_labels[:, None])
+        logps = logps.view_as(labels)
+        adv = advantages * adv_scale
+    loss = -(logps * adv[:, None] * mask).sum() / mask.sum()
+    loss.backward()
+    hidden.grad = weight.grad = None
+
+
+def _vm_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_bytes(variant: str, args: Args) -> int:
+    """Peak extra memory of one step; meant to run in a fresh process."""
+    torch.set_num_threads(1)
+    tiny = replace(args, batch=2, seq=4, vocab=64, hidden=8)
+    step(variant, tiny, *make_inputs(tiny))  # one-time costs (lazy loading) are not counted
+    inputs = make_inputs(args)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step(variant, args, *inputs)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+    before = _vm_kib("VmRSS")
+    step(variant, args, *inputs)
+    return (_vm_kib("VmHWM") - before) * 1024
+
+
+def seconds_per_step(args: Args) -> dict[str, float]:
+    cuda = args.device.startswith("cuda")
+    clock = time.perf_counter if cuda else time.process_time
+    inputs = make_inputs(args)
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for rep in range(args.repeats + 1):
+        for variant in VARIANTS:
+            if cuda:
+                torch.cuda.synchronize()
+            start = clock()
+            step(variant, args, *inputs)
+            if cuda:
+                torch.cuda.synchronize()
+            if rep > 0:  # rep 0 is the warm-up
+                times[variant].append(clock() - start)
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
+def _device_name(cuda: bool) -> str:
+    if cuda:
+        return torch.cuda.get_device_name()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def main(args: Args) -> dict:
+    cuda = args.device.startswith("cuda")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)  # read by the spawned workers' glibc
+    spawn = multiprocessing.get_context("spawn")
+    memory = {}
+    for variant in VARIANTS:
+        with spawn.Pool(1) as pool:
+            memory[variant] = pool.apply(peak_memory_bytes, (variant, args))
+    seconds = seconds_per_step(args)
+    logits_f32_bytes = args.batch * args.seq * args.vocab * 4
+    ratios = {
+        "time ours_era / trl": seconds["ours_era"] / seconds["trl"],
+        "time ours_era / ours": seconds["ours_era"] / seconds["ours"],
+        "time ours_era / naive": seconds["ours_era"] / seconds["naive"],
+        "memory ours_era / naive": memory["ours_era"] / memory["naive"],
+        "memory ours_era / trl": memory["ours_era"] / memory["trl"],
+        "memory ours_era / ours": memory["ours_era"] / memory["ours"],
+    }
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    result = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
+        "memory_method": "cuda max_memory_allocated" if cuda else "peak RSS",
+        "time_method": "wall" if cuda else "process CPU time",
+        "logits_f32_bytes": logits_f32_bytes,
+        "peak_extra_bytes": memory,
+        "seconds_per_step": seconds,
+        "ratios": ratios,
+        "env": {
+            "torch": torch.__version__,
+            "trl": __import__("trl").__version__,
+            "device": _device_name(cuda),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "git_commit": commit,
+        },
+    }
+    print("| variant | peak extra memory (MiB) | x fp32 logits | s / step |\n|---|---|---|---|")
+    for v in VARIANTS:
+        mib, rel = memory[v] / 2**20, memory[v] / logits_f32_bytes
+        print(f"| {v} | {mib:.0f} | {rel:.2f} | {seconds[v]:.3f} |")
+    for name, value in ratios.items():
+        print(f"{name:28s} {value:.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
