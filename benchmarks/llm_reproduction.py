@@ -1,0 +1,233 @@
+"""CPU-scale reproduction of ERA for LLM RL: GRPO vs GRPO + ERA on procedural arithmetic.
+
+One tiny transformer (Llama architecture, tokenizer trained on the task's text) is warm-started
+once with a short supervised phase; then, from that same checkpoint and with the same seeds and
+budget, GRPO and GRPO + ERA train on reasoning-gym ``chain_sum`` (two terms of 1-2 digits). We
+record token entropy, response entropy and reward during training, and greedy accuracy and pass@k
+(k = 1…16, unbiased estimator) on held-out problems at the end.
+
+    OMP_NUM_THREADS=1 python benchmarks/llm_reproduction.py            # the published run
+    python benchmarks/llm_reproduction.py --report-only                # redo figures/JSON only
+
+Resumable: finished runs are skipped, interrupted ones resume from their last checkpoint. Writes
+``benchmarks/results/llm_reproduction.json``, ``docs/img/llm_curves.png`` and
+``docs/img/llm_pass_at_k.png``, and prints the markdown table of ``docs/benchmarks/llm.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Args:
+    out: Path = ROOT / "runs" / "llm_repro"
+    """Where the warm start and the runs are written."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """One GRPO and one GRPO + ERA run per seed."""
+    steps: int = 200
+    """GRPO steps per run (16 problems x 8 samples each)."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate of the RL phase."""
+    era_low: float = 0.45
+    """Lower end of ERA's response-entropy band (nats)."""
+    era_high: float = 3.0
+    """Upper end of the band."""
+    warm_start_steps: int = 1200
+    """Supervised steps of the shared warm start."""
+    workers: int = 2
+    """Runs trained at the same time (one process, one thread each)."""
+    final_samples: int = 16
+    """Samples per held-out problem for the final pass@k."""
+    report_only: bool = False
+    """Skip training; rebuild the JSON, figures and table from the runs on disk."""
+    results: Path = ROOT / "benchmarks" / "results" / "llm_reproduction.json"
+    """The JSON summary."""
+    img_dir: Path = ROOT / "docs" / "img"
+    """Where the figures go."""
+    methods: dict[str, bool] = field(default_factory=lambda: {"GRPO": False, "GRPO + ERA": True})
+    """Label -> whether ERA is on."""
+
+
+def _run_dir(args: Args, era: bool, seed: int) -> Path:
+    return args.out / ("era" if era else "grpo") / f"seed{seed}"
+
+
+def _train_one(job: tuple[Args, bool, int]) -> str:
+    import torch
+
+    from era.llm.cli import TrainConfig, train
+
+    args, era, seed = job
+    torch.set_num_threads(1)
+    out = _run_dir(args, era, seed)
+    if (out / "final" / "config.json").is_file():
+        return f"{out}: done before"
+    resume = any(out.glob("checkpoint-*"))
+    cfg = TrainConfig(
+        out_dir=out,
+        model=str(args.out / "init"),
+        seed=seed,
+        steps=args.steps,
+        learning_rate=args.learning_rate,
+        era=era,
+        era_low=args.era_low,
+        era_high=args.era_high,
+        eval_every=10,
+        eval_problems=100,
+        eval_samples=16,
+        save_every=50,
+        resume=resume,
+    )
+    train(cfg)
+    return str(out)
+
+
+def _final_eval(args: Args, model_dir: Path, held_out) -> dict[str, float]:
+    """Greedy accuracy and pass@1..16 of one model on all held-out problems (cached)."""
+    from era.llm.evaluate import evaluate
+    from era.llm.models import load_model
+
+    cache = model_dir / "final_eval.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    model, tokenizer = load_model(str(model_dir))
+    ks = list(range(1, args.final_samples + 1))
+    result = evaluate(
+        model, tokenizer, held_out, samples=args.final_samples, ks=ks, max_new_tokens=8, seed=1234
+    )
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _report(args: Args) -> dict:
+    from era.llm.cli import TaskArgs
+    from era.plotting import plot_curves
+
+    _, held_out = TaskArgs().problems()
+    summary: dict = {
+        "task": "reasoning-gym chain_sum, 2 terms of 1-2 digits",
+        "held_out_problems": len(held_out),
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(args).items()
+        },
+        "warm_start": _final_eval(args, args.out / "init", held_out),
+        "methods": {},
+    }
+    groups = {}
+    for label, era in args.methods.items():
+        runs = [_run_dir(args, era, s) for s in args.seeds]
+        runs = [r for r in runs if (r / "final" / "config.json").is_file()]
+        if not runs:
+            continue
+        groups[label] = [r / "metrics.csv" for r in runs]
+        finals = [_final_eval(args, r / "final", held_out) for r in runs]
+        summary["methods"][label] = {
+            "seeds": len(runs),
+            **{k: _mean_std([f[k] for f in finals]) for k in finals[0]},
+            "final_training": _last_rows(runs),
+        }
+    args.img_dir.mkdir(parents=True, exist_ok=True)
+    if groups:
+        plot_curves(
+            groups,
+            x="step",
+            panels=[
+                ("entropy", "token entropy (nats)"),
+                ("response_entropy", "response entropy, top 20% (nats)"),
+                ("reward", "training reward"),
+                ("eval_pass@1", "held-out pass@1"),
+            ],
+            out_png=args.img_dir / "llm_curves.png",
+            hlines={"response_entropy": args.era_low},
+            title="chain_sum, tiny transformer: GRPO vs GRPO + ERA (mean ± std over seeds)",
+        )
+        _plot_pass_at_k(summary, args.img_dir / "llm_pass_at_k.png", args.final_samples)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(summary, indent=2) + "\n")
+    print(_table(summary, args.final_samples))
+    return summary
+
+
+def _last_rows(runs: list[Path]) -> dict[str, tuple[float, float]]:
+    """Mean ± std over seeds of the training metrics averaged over each run's last 3 rows."""
+    from era.runs import read_metrics
+
+    columns = ("entropy", "response_entropy", "reward", "frac_below", "frac_scaled")
+    per_run = [read_metrics(r / "metrics.csv") for r in runs]
+    return {c: _mean_std([float(m[c][-3:].mean()) for m in per_run]) for c in columns}
+
+
+def _plot_pass_at_k(summary: dict, out_png: Path, n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = list(range(1, n + 1))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(ks, [summary["warm_start"][f"pass@{k}"] for k in ks], "k--", label="warm start")
+    for label, result in summary["methods"].items():
+        mean = [result[f"pass@{k}"][0] for k in ks]
+        std = [result[f"pass@{k}"][1] for k in ks]
+        ax.errorbar(ks, mean, yerr=std, capsize=2, label=f"{label} (n={result['seeds']})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("held-out pass@k")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def _table(summary: dict, n: int) -> str:
+    ks = [k for k in (1, 2, 4, 8, 16) if k <= n]
+    head = "| model | greedy acc. | " + " | ".join(f"pass@{k}" for k in ks)
+    head += " | token entropy (end) | response entropy (end) |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    ws = summary["warm_start"]
+    lines.append(
+        f"| warm start | {ws['accuracy']:.3f} | "
+        + " | ".join(f"{ws[f'pass@{k}']:.3f}" for k in ks)
+        + " | – | – |"
+    )
+    for label, r in summary["methods"].items():
+        cells = [f"{r['accuracy'][0]:.3f} ± {r['accuracy'][1]:.3f}"]
+        cells += [f"{r[f'pass@{k}'][0]:.3f} ± {r[f'pass@{k}'][1]:.3f}" for k in ks]
+        t = r["final_training"]
+        cells += [
+            f"{t['entropy'][0]:.3f} ± {t['entropy'][1]:.3f}",
+            f"{t['response_entropy'][0]:.3f} ± {t['response_entropy'][1]:.3f}",
+        ]
+        lines.append(f"| {label} (n={r['seeds']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(args: Args) -> None:
+    from era.llm.cli import WarmStartConfig, warm_start
+    from era.runs import run_in_parallel
+
+    if not args.report_only:
+        if not (args.out / "init" / "config.json").is_file():
+            warm_start(WarmStartConfig(out_dir=args.out / "init", steps=args.warm_start_steps))
+        jobs = [(args, era, seed) for seed in args.seeds for era in args.methods.values()]
+        for line in run_in_parallel(_train_one, jobs, max_workers=args.workers):
+            print(line)
+    _report(args)
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(Args))
