@@ -485,3 +485,10 @@ def test_trainer_needs_era_config():
             train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
             processing_class=make_tokenizer(),
         )
+
+
+def test_transformed_lm_heads_are_refused():
+    model = make_model()
+    model.config.final_logit_softcapping = 30.0  # as in Gemma 2
+    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
+        make_trainer(model)

@@ -531,7 +531,9 @@ class ERAGRPOTrainer(GRPOTrainer):
         self._era_head = _HeadRequest(
             scales, self.temperature, a.era_top_k_logprobs, a.cast_lm_head_to_fp32
         )
-        _add_era_head(self.model.get_base_model() if is_peft_model(self.model) else self.model)
+        base = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        _check_plain_head(base.config.get_text_config())
+        _add_era_head(base)
         self._era_batch = None
 
     # -- the decision ---------------------------------------------------------------------------
@@ -668,6 +670,18 @@ class ERAGRPOTrainer(GRPOTrainer):
             metrics[f"era/{name}"].append((value / n).item())
         metrics["era/response_entropy"].append((sums[0] / n).item())
         metrics["era/token_entropy"].append((sums[1] / sums[2].clamp(min=1)).item())
+
+
+def _check_plain_head(config) -> None:
+    """The ERA head computes ``hidden @ W.T + b``; refuse models whose logits are transformed."""
+    transforms = ("final_logit_softcapping", "logit_scale", "output_multiplier",
+                  "lm_head_multiplier", "logits_scaling")  # fmt: skip
+    found = {name: getattr(config, name) for name in transforms if getattr(config, name, None)}
+    if any(v != 1.0 or name == "final_logit_softcapping" for name, v in found.items()):
+        raise NotImplementedError(
+            f"ERAGRPOTrainer supports LM heads without logit soft-capping or scaling; this model "
+            f"has {found}"
+        )
 
 
 def _loss_mask(batch) -> Tensor:
