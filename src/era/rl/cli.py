@@ -61,9 +61,19 @@ def plot(config: PlotConfig) -> Path:
     if len(labels) != len(config.runs):
         raise ValueError(f"labels={config.labels} must give one label per run ({len(config.runs)})")
     groups = {label: metrics_files(run) for label, run in zip(labels, config.runs, strict=True)}
-    targets = [read_metrics(paths[0]).get("target_entropy") for paths in groups.values()]
-    targets = [t[-1] for t in targets if t is not None and len(t)]
+    targets = {}
+    for label, paths in groups.items():
+        column = read_metrics(paths[0]).get("target_entropy")
+        if column is not None and len(column):
+            targets[label] = float(column[-1])
     out = config.out or Path(os.path.commonpath([r.resolve() for r in config.runs])) / "curves.png"
+    # One dashed target line per panel: the first run's; the others' targets go in the title.
+    first = next(iter(targets.values()), None)
+    title = None
+    if len(set(targets.values())) > 1:
+        title = "target entropy (dashed: first): " + ", ".join(
+            f"{label} {value:.2f}" for label, value in targets.items()
+        )
     return plot_curves(
         groups,
         "step",
@@ -73,8 +83,8 @@ def plot(config: PlotConfig) -> Path:
             ("entropy_min", "lowest per-state entropy (nats)"),
         ],
         out,
-        # The first run's target (with several targets, the others are in their CSVs).
-        hlines={"entropy": targets[0], "entropy_min": targets[0]} if targets else None,
+        hlines=None if first is None else {"entropy": first, "entropy_min": first},
+        title=title,
     )
 
 

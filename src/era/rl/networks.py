@@ -94,13 +94,6 @@ class SACActor(nn.Module):
         return self.head(mean, pre_std)
 
 
-def deterministic_action(dist: Distribution) -> torch.Tensor:
-    """The action used in evaluation: the distribution's mode (ERA: the clipped location)."""
-    if isinstance(dist, Independent) and isinstance(dist.base_dist, TanhNormal):
-        return torch.tanh(dist.base_dist.loc)
-    return dist.mode
-
-
 def per_state_entropy(dist: Distribution, samples: int = 16) -> torch.Tensor:
     """Entropy of each state's action distribution, ``[B]``.
 

@@ -25,7 +25,7 @@ import torch
 from era.gaussian import GaussianERA
 from era.rl.config import TrainConfig, default_target_entropy
 from era.rl.envs import make_eval_env
-from era.rl.networks import PPOAgent, deterministic_action
+from era.rl.networks import PPOAgent
 from era.rl.train import (
     CHECKPOINT,
     Reporter,
@@ -103,7 +103,7 @@ class PPO(torch.nn.Module):
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Deterministic action for evaluation."""
         dist = self.agent.policy(self.observe(obs))
-        return deterministic_action(dist).clamp(-1, 1).numpy()
+        return dist.mode.clamp(-1, 1).numpy()
 
 
 def build(config: TrainConfig) -> tuple[ReplayableEnvs, PPO]:

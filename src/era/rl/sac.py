@@ -30,7 +30,6 @@ from era.rl.networks import (
     SACActor,
     TanhGaussianHead,
     TwinCritic,
-    deterministic_action,
     per_state_entropy,
 )
 from era.rl.train import (
@@ -149,7 +148,7 @@ class SACAgent(torch.nn.Module):
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         dist = self.actor(torch.as_tensor(obs, dtype=torch.float32))
-        action = deterministic_action(dist) if deterministic else dist.sample()
+        action = dist.mode if deterministic else dist.sample()
         return action.numpy()
 
     @torch.no_grad()

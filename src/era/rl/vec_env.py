@@ -87,7 +87,10 @@ class ReplayableEnvs:
         return {
             "seed": self.seed,
             "episodes": list(self.episodes),
-            "actions": [np.array(a, dtype=np.float32).reshape(len(a), -1) for a in self.actions],
+            "actions": [
+                np.array(a, dtype=np.float32).reshape(len(a), *self.action_space.shape)
+                for a in self.actions
+            ],
         }
 
     def load_state_dict(self, state: dict) -> None:
