@@ -125,8 +125,6 @@ class EvalAccumulator:
         count, confidence, correct = self.bins.tolist()
         return {
             "count": count,
-            "confidence": [
-                c / k if k else None for c, k in zip(confidence, count, strict=True)
-            ],
+            "confidence": [c / k if k else None for c, k in zip(confidence, count, strict=True)],
             "accuracy": [a / k if k else None for a, k in zip(correct, count, strict=True)],
         }

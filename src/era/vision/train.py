@@ -62,6 +62,8 @@ class TrainConfig:
     """imagefolder only: training crop / evaluation centre-crop size"""
     train_subset: int = 0
     """train on this many images (the same fixed subset for every run); 0 = all"""
+    eval_subset: int = 0
+    """evaluate on the first this many test images (quick checks); 0 = all"""
     augment: bool = True
     """standard augmentation: pad-and-crop + flip (small images), random-resized crop + flip"""
     model: str = "resnet10t"
@@ -138,18 +140,19 @@ class TrainConfig:
             "workers": self.workers >= 0,
             "threads": self.threads >= 0,
             "train_subset": self.train_subset >= 0,
+            "eval_subset": self.eval_subset >= 0,
         }
         allowed = {
-            "label_smoothing": "[0, 1)",
+            "label_smoothing": "in [0, 1)",
             "confidence_penalty": ">= 0",
-            "drop_rate": "[0, 1)",
+            "drop_rate": "in [0, 1)",
             "mixup": ">= 0",
             "cutmix": ">= 0",
             "lr": "> 0",
-            "momentum": "[0, 1)",
+            "momentum": "in [0, 1)",
             "weight_decay": ">= 0",
             "epochs": ">= 1",
-            "warmup_epochs": "[0, epochs]",
+            "warmup_epochs": "in [0, epochs]",
             "batch_size": ">= 1",
             "eval_batch_size": ">= 1",
             "eval_every": ">= 0",
@@ -157,6 +160,7 @@ class TrainConfig:
             "workers": ">= 0",
             "threads": ">= 0",
             "train_subset": ">= 0",
+            "eval_subset": ">= 0",
         }
         for name, ok in checks.items():
             if not ok:
@@ -315,14 +319,17 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
         raise ValueError(
             f"batch_size={config.batch_size} exceeds the {len(data.train)} training images"
         )
+    test_size = min(config.eval_subset or len(data.test), len(data.test))
     test_sampler = ShardedSampler(
-        len(data.test),
-        batch_size=len(data.test),
+        test_size,
+        batch_size=test_size,
         rank=rank,
         world_size=world,
         shuffle=False,
         drop_last=False,
     )
+    # Each loader draws a seed per pass from its own generator, not from the global stream that
+    # dropout uses: otherwise a resumed run (one more pass started) would shift that stream.
     loader_options = dict(
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
@@ -334,6 +341,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
         sampler=train_sampler,
         collate_fn=data.train_collate,
         drop_last=True,
+        generator=torch.Generator(),
         **loader_options,
     )
     test_loader = DataLoader(
@@ -341,6 +349,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
         batch_size=config.eval_batch_size,
         sampler=test_sampler,
         collate_fn=data.test_collate,
+        generator=torch.Generator(),
         **loader_options,
     )
 
@@ -388,7 +397,8 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
             )
         _set_random_state(state["random"][rank])
         if step >= total_steps and (out_dir / "final.json").exists():
-            return json.loads((out_dir / "final.json").read_text())
+            final = json.loads((out_dir / "final.json").read_text())
+            return {k: v for k, v in final.items() if k != "step"}
 
     def save() -> None:
         states = _gather(_random_state(), world)

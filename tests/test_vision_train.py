@@ -1,0 +1,156 @@
+"""The vision trainer end to end on a Fashion-MNIST slice: exact resume, DDP equals one process,
+the command line, divergence and overwrite errors."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from era.runs import DivergenceError, load_checkpoint, read_metrics
+from era.vision.data import FASHION_MNIST_DIR
+from era.vision.train import CHECKPOINT, TrainConfig, _train, train
+
+pytestmark = pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason=f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} (apt-get install "
+    "dataset-fashion-mnist)",
+)
+
+# A small GroupNorm network (no BatchNorm, so a batch split across processes computes the same
+# function), 128 training images in batches of 32: 4 steps per epoch.
+TINY = dict(
+    model="test_efficientnet_gn",
+    train_subset=128,
+    eval_subset=64,
+    batch_size=32,
+    eval_batch_size=64,
+    lr=0.02,
+    warmup_epochs=0.5,
+    progress=False,
+    threads=1,
+    era_min_entropy=0.3,
+)
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / CHECKPOINT)["model"]
+
+
+def _assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        if a[key].is_floating_point():
+            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0.0, msg=key)
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Stopped after 3 of 8 steps (mid-epoch, between evaluations) and resumed == uninterrupted,
+    with augmentation and dropout on, so data order and every random stream must be restored."""
+    config = TrainConfig(**TINY, epochs=2, eval_every=3, drop_rate=0.2, out_dir=tmp_path / "a")
+    straight = train(config)
+    stopped = dataclasses.replace(config, out_dir=tmp_path / "b", max_steps=5)
+    assert train(stopped)["top1"] >= 0  # evaluated at step 3, stopped at step 5
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 5
+    resumed = train(dataclasses.replace(stopped, max_steps=0, resume=True))
+    assert resumed == straight
+    _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    a, b = (
+        read_metrics(tmp_path / "a" / "metrics.csv"),
+        read_metrics(tmp_path / "b" / "metrics.csv"),
+    )
+    assert a["step"].tolist() == b["step"].tolist() == [3, 6, 8]
+    torch.testing.assert_close(torch.tensor(a["nll"]), torch.tensor(b["nll"]), rtol=0, atol=0)
+    # Resuming a finished run trains nothing more and returns its final metrics.
+    assert train(dataclasses.replace(stopped, max_steps=0, resume=True)) == straight
+
+
+def _ddp_worker(rank, init_file, config):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        train(config)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    """2 processes with 16 images each == 1 process with the combined batch of 32."""
+    config = TrainConfig(**TINY, epochs=1, eval_every=2, out_dir=tmp_path / "one")
+    train(config)
+    ddp = dataclasses.replace(config, out_dir=tmp_path / "two")
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), ddp), nprocs=2, join=True)
+    _assert_same_weights(_weights(tmp_path / "one"), _weights(tmp_path / "two"), atol=1e-5)
+    one = read_metrics(tmp_path / "one" / "metrics.csv")
+    two = read_metrics(tmp_path / "two" / "metrics.csv")
+    assert one["step"].tolist() == two["step"].tolist() == [2, 4]
+    for column in ("top1", "nll", "ece", "entropy_mean", "entropy_min", "train_loss"):
+        torch.testing.assert_close(
+            torch.tensor(one[column]), torch.tensor(two[column]), atol=1e-4, rtol=0, msg=column
+        )
+
+
+def test_cli_train_with_baselines_then_plot(tmp_path):
+    """``era vision train`` with mixup/cutmix, label smoothing, confidence penalty and dropout,
+    then ``era vision plot``; the run leaves config, versions, CSV, TensorBoard and checkpoint."""
+    from era.vision.cli import main
+
+    out = tmp_path / "run"
+    main(
+        [
+            "train",
+            "--out-dir",
+            str(out),
+            "--model",
+            "test_efficientnet_gn",
+            "--train-subset",
+            "64",
+            "--eval-subset",
+            "64",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--mixup",
+            "0.2",
+            "--cutmix",
+            "1.0",
+            "--label-smoothing",
+            "0.1",
+            "--confidence-penalty",
+            "0.1",
+            "--drop-rate",
+            "0.1",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--lr",
+            "0.01",
+        ]
+    )
+    for name in ("config.json", "versions.json", "metrics.csv", "reliability.json", CHECKPOINT):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").iterdir())
+    assert json.loads((out / "config.json").read_text())["mixup"] == 0.2
+    row = read_metrics(out / "metrics.csv")
+    assert row["step"].tolist() == [2] and 0 <= row["ece"][0] <= 1
+    main(["plot", str(tmp_path), "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert (tmp_path / "curves_reliability.png").stat().st_size > 0
+
+
+def test_refuses_to_overwrite_and_stops_on_divergence(tmp_path):
+    config = TrainConfig(**{**TINY, "era_min_entropy": None}, epochs=1, out_dir=tmp_path / "x")
+    train(dataclasses.replace(config, max_steps=1))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config)
+    with pytest.raises(DivergenceError, match="non-finite"):
+        train(dataclasses.replace(config, out_dir=tmp_path / "y", lr=1e30, warmup_epochs=0.0))
+
+
+def test_batch_must_split_evenly_across_processes(tmp_path):
+    config = TrainConfig(**{**TINY, "batch_size": 33}, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="batch_size=33 must be divisible by the number of"):
+        _train(config, rank=0, world=2, device=torch.device("cpu"))
