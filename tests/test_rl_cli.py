@@ -70,3 +70,16 @@ def test_demo_writes_report_plot_and_table(tmp_path, capsys):
     mtime = (out / "sac-era" / "checkpoint.pt").stat().st_mtime
     demo(argv)
     assert (out / "sac-era" / "checkpoint.pt").stat().st_mtime == mtime
+
+
+@pytest.mark.slow
+def test_seeds_train_in_parallel_processes(tmp_path):
+    from era.runs import load_checkpoint
+
+    out = tmp_path / "sweep"
+    era(["rl", "train", "--env", "InvertedPendulum-v5", "--seeds", "0", "1", "--workers", "2",
+         "--out", str(out), *TINY])  # fmt: skip
+    a, b = (load_checkpoint(out / f"seed{s}" / "checkpoint.pt") for s in (0, 1))
+    assert a["step"] == b["step"] == 200
+    weight = "actor.trunk.0.weight"
+    assert not (a["agent"]["modules"][weight] == b["agent"]["modules"][weight]).all()

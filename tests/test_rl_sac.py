@@ -89,24 +89,24 @@ def interrupt_after(monkeypatch, module, steps: int) -> None:
 
 @pytest.mark.parametrize("head", ["era", "alpha"])
 def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch, head):
-    whole = tiny(tmp_path, head=head, total_steps=400, eval_every=200, out=tmp_path / "whole")
+    whole = tiny(tmp_path, head=head, total_steps=300, eval_every=150, out=tmp_path / "whole")
     train(whole)
 
     split = dataclasses.replace(whole, out=tmp_path / "split")
-    interrupt_after(monkeypatch, sac_module, 230)  # stops mid-episode, after learning started
+    interrupt_after(monkeypatch, sac_module, 170)  # stops mid-episode, after learning started
     train(split)
-    assert load_checkpoint(split.out / CHECKPOINT)["step"] == 230
+    assert load_checkpoint(split.out / CHECKPOINT)["step"] == 170
     monkeypatch.undo()
     train(dataclasses.replace(split, resume=True))
 
     a = load_checkpoint(whole.out / CHECKPOINT)
     b = load_checkpoint(split.out / CHECKPOINT)
-    assert a["step"] == b["step"] == 400
+    assert a["step"] == b["step"] == 300
     for name, value in a["agent"]["modules"].items():
         torch.testing.assert_close(b["agent"]["modules"][name], value, msg=name)
     torch.testing.assert_close(b["buffer"]["obs"], a["buffer"]["obs"])
     by_step = {r["step"]: r for r in rows(split.out)}
-    for r in rows(whole.out):  # the split run also has its Ctrl-C row at step 230
+    for r in rows(whole.out):  # the split run also has its Ctrl-C row at step 170
         assert float(by_step[r["step"]]["return_mean"]) == pytest.approx(float(r["return_mean"]))
 
 
@@ -187,6 +187,14 @@ def test_replay_buffer_ring_and_state_round_trip():
     obs, _, reward, next_obs, _ = first
     torch.testing.assert_close(next_obs, obs + 1)
     torch.testing.assert_close(obs[:, 0], reward)
+    # into a larger buffer (an extended run): the 5 kept transitions, oldest first, then new ones
+    larger = ReplayBuffer(8, obs_dim=2, act_dim=1)
+    larger.load_state_dict(buffer.state_dict())
+    larger.add([[7, 7]], [[7]], [7], [[8, 8]], [1])
+    assert larger.reward[:6].tolist() == [2, 3, 4, 5, 6, 7] and larger.size == 6
+    smaller = ReplayBuffer(3, obs_dim=2, act_dim=1)
+    smaller.load_state_dict(buffer.state_dict())
+    assert smaller.reward.tolist() == [4, 5, 6] and smaller.pos == 0
 
 
 def test_twin_critics_are_independent_networks():

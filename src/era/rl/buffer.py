@@ -47,18 +47,22 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         """Only the filled part, so a checkpoint early in a run stays small."""
-        return {
-            "pos": self.pos,
-            "size": self.size,
-            **{name: getattr(self, name)[: self.size].clone() for name in self.FIELDS},
-        }
+        filled = {name: getattr(self, name)[: self.size].clone() for name in self.FIELDS}
+        return {"capacity": self.capacity, "pos": self.pos, "size": self.size, **filled}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["size"] > self.capacity:
-            raise ValueError(
-                f"checkpointed buffer holds {state['size']} transitions, more than "
-                f"this buffer's capacity={self.capacity}"
-            )
-        self.pos, self.size = state["pos"], state["size"]
+        """Restore a buffer; into a different capacity (a run extended with a larger
+        ``--total-steps``), keep the most recent transitions in order."""
+        if state["capacity"] == self.capacity:
+            self.pos, self.size = state["pos"], state["size"]
+            for name in self.FIELDS:
+                getattr(self, name)[: self.size] = state[name]
+            return
+        size = state["size"]
+        oldest = state["pos"] if size == state["capacity"] else 0
+        order = (torch.arange(size) + oldest) % size
+        keep = order[-self.capacity :]
         for name in self.FIELDS:
-            getattr(self, name)[: self.size] = state[name]
+            getattr(self, name)[: len(keep)] = state[name][keep]
+        self.size = len(keep)
+        self.pos = self.size % self.capacity
