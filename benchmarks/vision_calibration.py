@@ -33,7 +33,7 @@ import numpy as np
 import tyro
 
 from era.runs import run_in_parallel
-from era.vision.plot import plot_runs, run_label
+from era.vision.plot import group_runs, plot_reliability, run_label
 from era.vision.train import TrainConfig, train
 
 METRICS = ("top1", "top5", "nll", "ece", "entropy_mean", "entropy_min")
@@ -72,7 +72,7 @@ class Args:
     results: Path = Path("benchmarks/results/vision_calibration.json")
     """the JSON summary"""
     figure: Path = Path("docs/img/vision_calibration.png")
-    """curves; the reliability diagram goes beside it (*_reliability.png)"""
+    """bar chart of the metrics; the reliability diagram goes beside it (*_reliability.png)"""
 
 
 def configs(args: Args) -> list[TrainConfig]:
@@ -145,6 +145,42 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_summary(table: dict, out_png: Path) -> Path:
+    """Top-1, NLL, ECE and entropy per method: mean ± std over seeds, and each seed (dots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("top1", "test top-1 (%)", 100),
+        ("nll", "test NLL (nats)", 1),
+        ("ece", "test ECE, 15 bins (%)", 100),
+        ("entropy_mean", "mean entropy (nats)", 1),
+    ]
+    labels = list(table)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    for ax, (metric, title, scale) in zip(axes, panels, strict=True):
+        means = [table[k][metric]["mean"] * scale for k in labels]
+        stds = [table[k][metric]["std"] * scale for k in labels]
+        # Points, not bars: the axes do not start at zero.
+        ax.errorbar(range(len(labels)), means, yerr=stds, fmt="o", capsize=4, color="C0")
+        for i, k in enumerate(labels):
+            values = np.array(table[k][metric]["values"]) * scale
+            ax.plot([i + 0.15] * len(values), values, "k.", ms=3, alpha=0.6)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        low = min(m - s for m, s in zip(means, stds, strict=True))
+        high = max(m + s for m, s in zip(means, stds, strict=True))
+        ax.set_ylim(max(0.0, low - 0.3 * (high - low)), high + 0.3 * (high - low))
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
 def main(args: Args) -> None:
     runs = configs(args)
     print(f"{len(runs)} runs under {args.out_dir}", flush=True)
@@ -159,9 +195,13 @@ def main(args: Args) -> None:
         "table": table,
     }
     args.results.write_text(json.dumps(summary, indent=2) + "\n")
-    curves, reliability = plot_runs([Path(c.out_dir) for c in runs], args.figure)
+    summary_png = plot_summary(table, args.figure)
+    reliability = plot_reliability(
+        group_runs([Path(c.out_dir) for c in runs]),
+        args.figure.with_name(args.figure.stem + "_reliability.png"),
+    )
     print(markdown(table))
-    print(f"wrote {args.results}, {curves}, {reliability}")
+    print(f"wrote {args.results}, {summary_png}, {reliability}")
 
 
 if __name__ == "__main__":
