@@ -9,7 +9,7 @@ ratio of the means to a JSON file and a markdown table, copies each run's ``metr
 the JSON (so the tables and plots can be rebuilt without the run directories) and draws the
 learning curves with ``era rl plot``.
 
-The issue's full scale (about 6 CPU-days on this machine)::
+The issue's full scale (3M environment steps; docs/benchmarks/rl.md estimates its cost)::
 
     OMP_NUM_THREADS=1 python benchmarks/rl_sample_efficiency.py \\
         --tasks HalfCheetah-v5 Hopper-v5 Walker2d-v5 Ant-v5 dm_control/walker-run \\

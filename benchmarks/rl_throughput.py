@@ -6,8 +6,9 @@ thread, measured side by side in one process with the repetitions interleaved (a
 ...) so that load from other processes on the machine hits all of them alike. Two figures each:
 
 * ``train_sps``: environment steps per second of the full training loop (act, step, store,
-  update) after ``--warmup`` random steps;
-* ``updates_per_s``: gradient updates per second on a filled buffer, nothing else running.
+  update) after ``--warmup`` random steps (median over ``--repeats``);
+* ``updates_per_s``: gradient updates per second on each one's filled buffer, nothing else
+  running, interleaved in small blocks (see ``time_updates``).
 
 A second table compares our own heads: SAC-ERA (exact and delta) against SAC(auto-alpha), the
 per-update time ratio (ERA drops the temperature update but adds its entropy solve).
@@ -33,6 +34,8 @@ from torch import nn
 
 from era.rl.envs import make_env
 
+Update = Callable[[], object]
+
 
 @dataclass
 class Args:
@@ -42,8 +45,10 @@ class Args:
     """random steps that fill the buffer before timing"""
     steps: int = 1000
     """timed training steps (one gradient update each)"""
-    updates: int = 500
-    """timed gradient updates in the update-only measurement"""
+    blocks: int = 20
+    """update-only measurement: rounds of interleaving"""
+    per_block: int = 5
+    """update-only measurement: consecutive updates of one implementation per round"""
     hidden: int = 256
     """hidden width of actor and critics (two hidden layers)"""
     batch_size: int = 256
@@ -160,7 +165,7 @@ class ReferenceSAC:
                     tp.lerp_(p, 0.005)
 
 
-def run_reference(args: Args) -> dict[str, float]:
+def run_reference(args: Args) -> tuple[float, Update]:
     envs = make_env(args.env, seed=0)
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]
@@ -183,13 +188,13 @@ def run_reference(args: Args) -> dict[str, float]:
         if step >= args.warmup:
             agent.update()
     train_sps = args.steps / (time.perf_counter() - start)
-    return {"train_sps": train_sps, "updates_per_s": _time_updates(agent.update, args.updates)}
+    return train_sps, agent.update
 
 
 # --- Stable-Baselines3 ---
 
 
-def run_sb3(args: Args) -> dict[str, float]:
+def run_sb3(args: Args) -> tuple[float, Update]:
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -218,19 +223,27 @@ def run_sb3(args: Args) -> dict[str, float]:
     clock = StartClock()
     model.learn(args.warmup + args.steps, callback=clock)
     train_sps = args.steps / (time.perf_counter() - clock.start)
-    updates = _time_updates(
-        lambda: model.train(gradient_steps=1, batch_size=args.batch_size), args.updates
-    )
-    return {"train_sps": train_sps, "updates_per_s": updates}
+    return train_sps, lambda: model.train(gradient_steps=1, batch_size=args.batch_size)
 
 
-def _time_updates(update: Callable[[], None], n: int) -> float:
-    for _ in range(10):  # warm the allocator and autograd caches
-        update()
-    start = time.perf_counter()
-    for _ in range(n):
-        update()
-    return n / (time.perf_counter() - start)
+def time_updates(updates: dict[str, Update], blocks: int, per_block: int) -> dict[str, float]:
+    """Gradient updates per second of each implementation on its own filled buffer.
+
+    Finely interleaved (``per_block`` updates of each in turn, ``blocks`` times) so that the
+    load of other processes, which changes by the second on a shared machine, falls on all of
+    them alike; each update function is warmed up first.
+    """
+    for update in updates.values():
+        for _ in range(5):
+            update()
+    seconds = dict.fromkeys(updates, 0.0)
+    for _ in range(blocks):
+        for name, update in updates.items():
+            start = time.perf_counter()
+            for _ in range(per_block):
+                update()
+            seconds[name] += time.perf_counter() - start
+    return {name: blocks * per_block / t for name, t in seconds.items()}
 
 
 # --- ours: the same pieces era.rl.sac.train uses (envs, buffer, agent.act / agent.update) ---
@@ -245,7 +258,7 @@ def _our_agent(args: Args, head: str, era_mode: str = "exact"):
     return build(config)
 
 
-def run_ours(args: Args, head: str = "alpha", era_mode: str = "exact") -> dict[str, float]:
+def run_ours(args: Args, head: str = "alpha", era_mode: str = "exact") -> tuple[float, Update]:
     from era.rl.buffer import ReplayBuffer
 
     envs, agent = _our_agent(args, head, era_mode)
@@ -267,9 +280,8 @@ def run_ours(args: Args, head: str = "alpha", era_mode: str = "exact") -> dict[s
         if step >= args.warmup:
             agent.update(*buffer.sample(args.batch_size))
     train_sps = args.steps / (time.perf_counter() - start)
-    updates = _time_updates(lambda: agent.update(*buffer.sample(args.batch_size)), args.updates)
     envs.close()
-    return {"train_sps": train_sps, "updates_per_s": updates}
+    return train_sps, lambda: agent.update(*buffer.sample(args.batch_size))
 
 
 # --- vectorised stepping: SyncVectorEnv (our choice) against AsyncVectorEnv ---
@@ -298,46 +310,56 @@ def run_vector(args: Args, asynchronous: bool, num_envs: int = 4, steps: int = 5
 
 def main(args: Args) -> dict:
     torch.set_num_threads(1)
-    runs: dict[str, Callable[[], object]] = {
+    runs: dict[str, Callable[[], tuple[float, Update]]] = {
         "ours (SAC auto-alpha)": lambda: run_ours(args, "alpha"),
         "Stable-Baselines3 SAC": lambda: run_sb3(args),
         "CleanRL-style reference": lambda: run_reference(args),
         "ours (SAC-ERA exact)": lambda: run_ours(args, "era", "exact"),
         "ours (SAC-ERA delta)": lambda: run_ours(args, "era", "delta"),
-        "SyncVectorEnv x4": lambda: run_vector(args, asynchronous=False),
-        "AsyncVectorEnv x4": lambda: run_vector(args, asynchronous=True),
     }
-    samples: dict[str, list] = {name: [] for name in runs}
+    train_sps: dict[str, list[float]] = {name: [] for name in runs}
+    vector: dict[str, list[float]] = {"SyncVectorEnv x4": [], "AsyncVectorEnv x4": []}
+    updates: dict[str, Update] = {}
     for rep in range(args.repeats):  # interleaved: every implementation once per repetition
         for name, fn in runs.items():
-            samples[name].append(fn())
-            print(f"[{rep + 1}/{args.repeats}] {name}: {samples[name][-1]}", flush=True)
+            sps, updates[name] = fn()
+            train_sps[name].append(sps)
+            print(f"[{rep + 1}/{args.repeats}] {name}: {sps:.1f} train steps/s", flush=True)
+        for name in vector:
+            vector[name].append(run_vector(args, asynchronous=name.startswith("Async")))
+            print(f"[{rep + 1}/{args.repeats}] {name}: {vector[name][-1]:.0f} steps/s", flush=True)
+    update_rate = time_updates(updates, args.blocks, args.per_block)
+    print(f"updates/s: {update_rate}", flush=True)
 
-    def median(name, key=None):
-        return statistics.median(s[key] if key else s for s in samples[name])
-
-    sac_names = [n for n in runs if "VectorEnv" not in n]
-    table = {n: {k: median(n, k) for k in ("train_sps", "updates_per_s")} for n in sac_names}
+    table = {
+        n: {"train_sps": statistics.median(train_sps[n]), "updates_per_s": update_rate[n]}
+        for n in runs
+    }
     ours, sb3 = table["ours (SAC auto-alpha)"], table["Stable-Baselines3 SAC"]
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "median": table,
-        "samples": {n: samples[n] for n in runs},
+        "train_sps_samples": train_sps,
         "ours_over_sb3": {k: ours[k] / sb3[k] for k in ours},
         "era_update_time_over_alpha": {
             mode: ours["updates_per_s"] / table[f"ours (SAC-ERA {mode})"]["updates_per_s"]
             for mode in ("exact", "delta")
         },
-        "vector_env_sps": {n: median(n) for n in runs if "VectorEnv" in n},
+        "vector_env_sps": {n: statistics.median(v) for n, v in vector.items()},
+        "vector_env_samples": vector,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result) + "\n")
     print(markdown(result))
     return result
 
 
 def markdown(result: dict) -> str:
-    lines = ["| implementation | train env steps/s | gradient updates/s |", "|---|---:|---:|"]
+    lines = [
+        "| implementation | train env steps/s (median) | gradient updates/s |",
+        "|---|---:|---:|",
+    ]
     for name, row in result["median"].items():
         lines.append(f"| {name} | {row['train_sps']:.0f} | {row['updates_per_s']:.0f} |")
     ratio = result["ours_over_sb3"]
