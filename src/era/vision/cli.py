@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         if isinstance(config, TrainConfig):
             metrics = train(config)
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            print(f"{config.out_dir}: {shown}   (plot: era vision plot {config.out_dir})")
+            if int(os.environ.get("RANK", "0")) == 0:  # once, not once per torchrun process
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                print(f"{config.out_dir}: {shown}   (plot: era vision plot {config.out_dir})")
         else:
             curves, reliability = plot(config)
             print(f"wrote {curves} and {reliability}")
