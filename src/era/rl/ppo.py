@@ -162,6 +162,56 @@ def update(ppo: PPO, optimiser, cfg, batch: dict[str, torch.Tensor]) -> dict[str
     return {k: torch.stack(v).mean() for k, v in stats.items()}
 
 
+class RewardScaler(torch.nn.Module):
+    """Divides rewards by the running std of the discounted return (as Gymnasium's
+    ``NormalizeReward``), clipped to +-10; the identity when ``enabled`` is False."""
+
+    def __init__(self, num_envs: int, gamma: float, enabled: bool):
+        super().__init__()
+        self.gamma, self.enabled = gamma, enabled
+        self.return_rms = RunningMeanStd()
+        self.register_buffer("discounted", torch.zeros(num_envs, dtype=torch.float64))
+
+    def __call__(self, reward: np.ndarray, ended: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return reward
+        self.discounted.mul_(self.gamma).add_(torch.as_tensor(reward))
+        self.return_rms.update(self.discounted.numpy())
+        self.discounted[torch.as_tensor(ended)] = 0.0
+        scale = np.sqrt(self.return_rms.var.item() + 1e-8)
+        return np.clip(reward / scale, -CLIP_NORMALISED, CLIP_NORMALISED)
+
+
+@torch.no_grad()
+def collect_rollout(ppo: PPO, envs: ReplayableEnvs, rewards: RewardScaler, num_steps: int):
+    """``num_steps`` steps of every environment; returns ``[T, N, ...]`` tensors and the
+    ``(t, return)`` of the episodes that ended.
+
+    Only the policy runs per step; the values of all visited and reached states are computed in
+    two batched calls afterwards (the networks do not change during a rollout).
+    """
+    obs, next_obs, actions, log_probs, reward, ended, terminated = ([] for _ in range(7))
+    episodes = []
+    for t in range(num_steps):
+        obs.append(ppo.observe(envs.obs, update=True))
+        dist = ppo.agent.policy(obs[-1])
+        actions.append(dist.sample())
+        log_probs.append(dist.log_prob(actions[-1]))
+        result = envs.step(actions[-1].clamp(-1, 1).numpy())
+        next_obs.append(ppo.observe(result.next_obs))
+        ended.append(result.terminated | result.truncated)
+        terminated.append(result.terminated)
+        reward.append(rewards(result.reward, ended[-1]))
+        episodes += [(t + 1, r) for r in result.episode_returns]
+    as_tensor = lambda xs: torch.as_tensor(np.stack(xs), dtype=torch.float32)
+    buf = {"obs": torch.stack(obs), "actions": torch.stack(actions),
+           "log_probs": torch.stack(log_probs), "rewards": as_tensor(reward),
+           "ended": as_tensor(ended), "terminated": as_tensor(terminated)}  # fmt: skip
+    buf["values"] = ppo.agent.value(buf["obs"])
+    buf["next_values"] = ppo.agent.value(torch.stack(next_obs))
+    return buf, episodes
+
+
 def train(config: TrainConfig):
     """Train PPO (``era`` or ``std`` head) as configured; returns the run directory."""
     cfg = config.ppo
@@ -169,16 +219,14 @@ def train(config: TrainConfig):
     envs, ppo = build(config)
     logger, checkpoint = start_run(config)
     optimiser = torch.optim.Adam(ppo.agent.parameters(), lr=cfg.lr, eps=1e-5)
-    return_rms = RunningMeanStd()
-    discounted = np.zeros(envs.num_envs)  # running discounted return, for reward scaling
+    rewards = RewardScaler(envs.num_envs, cfg.gamma, cfg.norm_reward)
     eval_env = make_eval_env(config.env, config.seed + 10_000)
     per_rollout = cfg.num_envs * cfg.num_steps
     step, elapsed, row_step = 0, 0.0, None
     if checkpoint is not None:
         ppo.load_state_dict(checkpoint["ppo"])
         optimiser.load_state_dict(checkpoint["optimiser"])
-        return_rms.load_state_dict(checkpoint["return_rms"])
-        discounted = checkpoint["discounted"]
+        rewards.load_state_dict(checkpoint["rewards"])
         envs.load_state_dict(checkpoint["envs"])
         set_rng_state(checkpoint["rng"])
         step, elapsed, row_step = checkpoint["step"], checkpoint["elapsed"], checkpoint["row_step"]
@@ -191,8 +239,7 @@ def train(config: TrainConfig):
                 "config": to_jsonable(config),
                 "ppo": ppo.state_dict(),
                 "optimiser": optimiser.state_dict(),
-                "return_rms": return_rms.state_dict(),
-                "discounted": discounted,
+                "rewards": rewards.state_dict(),
                 "envs": envs.state_dict(),
                 "rng": rng_state(),
                 "elapsed": elapsed + time.perf_counter() - t0,
@@ -228,56 +275,16 @@ def train(config: TrainConfig):
     reporter = Reporter(config, step)
     losses = {k: torch.tensor(0.0) for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac")}
     rollout_obs = ppo.observe(envs.obs)
-    shape = (cfg.num_steps, envs.num_envs)
     try:
         with graceful_interrupt() as stop:
             while step + per_rollout <= config.total_steps and not stop.requested:
                 for group in optimiser.param_groups:
                     group["lr"] = cfg.lr * (1.0 - step / config.total_steps)
-                buf = {
-                    k: torch.zeros(shape)
-                    for k in (
-                        "rewards",
-                        "values",
-                        "next_values",
-                        "log_probs",
-                        "ended",
-                        "terminated",
+                buf, episodes = collect_rollout(ppo, envs, rewards, cfg.num_steps)
+                for t, episode_return in episodes:
+                    logger.scalars(
+                        step + t * envs.num_envs, {"charts/episodic_return": episode_return}
                     )
-                }
-                buf["obs"] = torch.zeros(*shape, envs.observation_space.shape[0])
-                buf["actions"] = torch.zeros(*shape, envs.action_space.shape[0])
-                for t in range(cfg.num_steps):
-                    obs = ppo.observe(envs.obs, update=True)
-                    with torch.no_grad():
-                        dist = ppo.agent.policy(obs)
-                        action = dist.sample()
-                        buf["log_probs"][t] = dist.log_prob(action)
-                        buf["values"][t] = ppo.agent.value(obs)
-                    result = envs.step(action.clamp(-1, 1).numpy())
-                    reward = result.reward
-                    if cfg.norm_reward:
-                        discounted = discounted * cfg.gamma + reward
-                        return_rms.update(discounted)
-                        reward = np.clip(
-                            reward / np.sqrt(return_rms.var.item() + 1e-8),
-                            -CLIP_NORMALISED,
-                            CLIP_NORMALISED,
-                        )
-                        discounted[result.terminated | result.truncated] = 0.0
-                    with torch.no_grad():
-                        buf["next_values"][t] = ppo.agent.value(ppo.observe(result.next_obs))
-                    buf["obs"][t], buf["actions"][t] = obs, action
-                    buf["rewards"][t] = torch.as_tensor(reward, dtype=torch.float32)
-                    buf["terminated"][t] = torch.as_tensor(result.terminated, dtype=torch.float32)
-                    buf["ended"][t] = torch.as_tensor(
-                        result.terminated | result.truncated, dtype=torch.float32
-                    )
-                    for episode_return in result.episode_returns:
-                        logger.scalars(
-                            step + (t + 1) * envs.num_envs,
-                            {"charts/episodic_return": episode_return},
-                        )
                 advantages = gae(
                     buf["rewards"],
                     buf["values"],
