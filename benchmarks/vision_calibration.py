@@ -71,6 +71,8 @@ class Args:
     """where the runs are written"""
     results: Path = Path("benchmarks/results/vision_calibration.json")
     """the JSON summary"""
+    report_only: bool = False
+    """train nothing: tabulate and plot the runs that have finished"""
     figure: Path = Path("docs/img/vision_calibration.png")
     """bar chart of the metrics; the reliability diagram goes beside it (*_reliability.png)"""
 
@@ -183,9 +185,14 @@ def plot_summary(table: dict, out_png: Path) -> Path:
 
 def main(args: Args) -> None:
     runs = configs(args)
-    print(f"{len(runs)} runs under {args.out_dir}", flush=True)
     started = time.perf_counter()
-    results = run_in_parallel(run_one, runs, max_workers=args.parallel)
+    if args.report_only:
+        runs = [c for c in runs if (Path(c.out_dir) / "final.json").exists()]
+        print(f"{len(runs)} finished runs under {args.out_dir}", flush=True)
+        results = [run_one(c) for c in runs]
+    else:
+        print(f"{len(runs)} runs under {args.out_dir}", flush=True)
+        results = run_in_parallel(run_one, runs, max_workers=args.parallel)
     table = summarise(runs, results)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     summary = {
