@@ -126,7 +126,7 @@ class Reporter:
         self.start_step = start_step
         self.bar = progress_bar(unit="steps", disable=not config.progress)
         self.bar.start()
-        label = f"{config.algo}-{config.head} {config.env} seed {config.seed}"
+        label = f"{config.algo}-{config.head} {config.env} s{config.seed}"
         self.task = self.bar.add_task(
             label, total=config.total_steps, completed=start_step, info=""
         )
