@@ -106,6 +106,29 @@ def test_exact_entropy_is_the_target_on_adversarial_inputs(dim, per_dim):
     assert torch.allclose(dist.entropy().double(), entropy, atol=1e-4)
 
 
+@pytest.mark.parametrize("double", [False, True])
+@pytest.mark.parametrize("log_std_max", [4.0, 10.0])
+def test_exact_with_a_very_wide_sigma_max(double, log_std_max):
+    """sigma_max far beyond high - low: there the entropy approaches log 2 by less than the
+    dtype resolves; the solve must neither stall nor produce NaN."""
+    dtype = torch.float64 if double else torch.float32
+    era = GaussianERA(6, -3.0, log_std_max=log_std_max)
+    mean, pre_std = adversarial_inputs(6, seed=3)
+    mean = mean.to(dtype).requires_grad_()
+    pre_std = pre_std.to(dtype).requires_grad_()
+    dist = era(mean, pre_std)
+    entropy = true_entropy(dist)
+    all_weighted = (torch.softmax(pre_std, -1) > 0).all(-1)
+    assert ((entropy + 3.0).abs() <= 1e-5)[all_weighted].all()
+    assert (entropy >= -3.0 - 1e-5).all()
+    scale = dist.base_dist.scale
+    assert torch.isfinite(scale).all() and scale.max().item() == pytest.approx(
+        math.exp(log_std_max)
+    )
+    dist.rsample().sum().backward()
+    assert torch.isfinite(mean.grad).all() and torch.isfinite(pre_std.grad).all()
+
+
 def test_adversary_cannot_push_entropy_below_target():
     """Adam minimises the entropy while driving means to the bounds and pre_std apart."""
     torch.manual_seed(0)
@@ -186,9 +209,10 @@ def test_exact_reduces_to_the_gaussian_root_when_truncation_is_negligible():
     [(1, -0.5, 1.0, 1.0), (4, -2.0, 1.0, 1.5), (6, -12.0, 4.0, 1.0), (5, 2.5, 1.0, 2.0)],
     ids=["one-dim", "default-like", "capped-dims", "near-max-target"],
 )
-def test_exact_gradient_is_the_implicit_gradient(dim, target, pre_scale, mean_scale):
+@pytest.mark.parametrize("log_std_max", [2.0, 6.0])
+def test_exact_gradient_is_the_implicit_gradient(dim, target, pre_scale, mean_scale, log_std_max):
     torch.manual_seed(1)
-    era = GaussianERA(dim, target)
+    era = GaussianERA(dim, target, log_std_max=log_std_max)
     mean = (torch.randn(3, dim, dtype=torch.float64) * mean_scale).requires_grad_()
     pre_std = (torch.randn(3, dim, dtype=torch.float64) * pre_scale).requires_grad_()
     if target == -12.0:  # make sure the water-filling caps some dimension here

@@ -43,6 +43,12 @@ MODES = ("exact", "delta")
 # 3e-8, round-off nats; three steps reach float32 precision, four float64's
 # (tests/test_gaussian.py checks both).
 _NEWTON_STEPS = (3, 4)
+# A truncated normal's entropy approaches log(high - low) like ((high - low)/sigma)^4. Beyond
+# sigma = e^2 (high - low) that gap is below float32 resolution (the solve then runs in
+# float64), beyond e^5 (high - low) below float64's (the solve stops there: the distribution is
+# uniform to ~1e-12 nats, and dimensions that get there are given sigma_max).
+_FLOAT32_WIDEST_LOG_STD = 2.0
+_FLOAT64_WIDEST_LOG_STD = 5.0
 _TANH_ENTROPY_SAMPLES = 16
 
 
@@ -312,6 +318,8 @@ class _ExactTruncatedLogStd(torch.autograd.Function):
        the forward pass records no graph.
 
     States whose target exceeds sum_i h_max_i are unreachable: all sigma = sigma_max there.
+    The solve runs in the input dtype, or in float64 when sigma_max is so wide that float32
+    cannot resolve the entropy's approach to log W (see ``_FLOAT32_WIDEST_LOG_STD``).
     Inputs: loc [..., D] inside [low, high], log_w = log_softmax(pre_std), then the floats
     target, low, high, log_std_min, log_std_max. Returns (log_std, unreachable).
     """
@@ -319,6 +327,10 @@ class _ExactTruncatedLogStd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, loc, log_w, target, low, high, l_min, l_max):
         log_width = math.log(high - low)
+        dtype = loc.dtype
+        if l_max - log_width > _FLOAT32_WIDEST_LOG_STD:
+            loc, log_w = loc.double(), log_w.double()
+        l_top = min(l_max, log_width + _FLOAT64_WIDEST_LOG_STD)
         to_low, to_high = low - loc, high - loc
         extremes = torch.tensor([l_max, l_min], dtype=loc.dtype, device=loc.device)
         h_ext, _, dh_ext = inside_entropy(
@@ -330,23 +342,25 @@ class _ExactTruncatedLogStd(torch.autograd.Function):
         capped, share, rest = _water_fill(log_w, h_max - h_min, budget.clamp(min=0))
         goal = _phi(torch.where(capped, h_min, h_max - rest * share) - log_width)
 
-        log_std = _initial_log_std(to_low, to_high, goal, log_width).clamp(l_min, l_max)
+        log_std = _initial_log_std(to_low, to_high, goal, log_width).clamp(l_min, l_top)
         for _ in range(_NEWTON_STEPS[loc.dtype == torch.float64]):
             entropy, slope, _ = inside_entropy(to_low, to_high, log_std, slope=True)
             unit = (entropy - log_width).clamp(max=-torch.finfo(loc.dtype).tiny)
             e = torch.expm1(-4 * unit)
             step = (-0.25 * torch.log(e) - goal) * e / (slope * (1 + e))  # residual / phi'
-            log_std = (log_std - step).clamp(l_min, l_max)
+            log_std = (log_std - step).clamp(l_min, l_top)
 
         _, slope, d_loc = inside_entropy(to_low, to_high, log_std, slope=True, loc_grad=True)
-        interior = (log_std > l_min) & (log_std < l_max)  # elsewhere log_std is constant
+        interior = (log_std > l_min) & (log_std < l_top)  # elsewhere log_std is constant
+        log_std = torch.where(log_std < l_top, log_std, l_max)
         inv_slope = torch.where(interior, 1 / slope, torch.zeros_like(slope))
         # d(own entropy goal)/d(loc): h_min for capped dims, h_max for the others
         d_goal = torch.where(capped, dh_ext[1], dh_ext[0])
         coupled = (~unreachable).unsqueeze(-1).to(loc.dtype)  # budget clamped at 0 otherwise
-        ctx.save_for_backward(inv_slope, d_loc, d_goal, share, rest * coupled, coupled)
+        saved = (inv_slope, d_loc, d_goal, share, rest * coupled, coupled)
+        ctx.save_for_backward(*(t.to(dtype) for t in saved))
         ctx.mark_non_differentiable(unreachable)
-        return log_std, unreachable
+        return log_std.to(dtype), unreachable
 
     @staticmethod
     def backward(ctx, grad_log_std, _):
