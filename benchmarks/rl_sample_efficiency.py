@@ -4,8 +4,9 @@ Runs every (seed, task, head) with ``era.rl.train`` into ``RUNS/TASK/HEAD/seedN`
 that a budget cut short still leaves every task and head with the same seeds. Finished runs
 (``summary.json`` at the full step count) are skipped; a run with a checkpoint is resumed, so the
 script can be killed and restarted at any time. Afterwards (or with ``--aggregate-only``) it
-writes, per task and head, the final evaluation return (mean, std over seeds) and the ERA / SAC
-ratio of the means to a JSON file and a markdown table, copies each run's ``metrics.csv`` beside
+writes, per task and head, the final evaluation return and the return averaged over all
+evaluations of a run (a learning-curve area; both as mean and std over seeds) with the ERA / SAC
+ratios of the means to a JSON file and a markdown table, copies each run's ``metrics.csv`` beside
 the JSON (so the tables and plots can be rebuilt without the run directories) and draws the
 learning curves with ``era rl plot``.
 
@@ -120,25 +121,28 @@ def aggregate(args: Args) -> dict:
     for task in args.tasks:
         row = {}
         for head in HEADS:
-            finals, sps = [], []
+            finals, curves, sps = [], [], []
             for seed in args.seeds:
                 path = csv_copy(args, task, head, seed)
                 metrics = read_metrics(path) if path.exists() else {}
                 if metrics and metrics["step"][-1] >= args.total_steps:
                     finals.append(float(metrics["return_mean"][-1]))
+                    curves.append(float(metrics["return_mean"].mean()))
                     sps.append(float(metrics["step"][-1] / metrics["time_s"][-1]))
             if finals:
                 row[head] = {
                     "final_return_mean": statistics.mean(finals),
                     "final_return_std": statistics.pstdev(finals),
                     "final_returns": finals,
+                    "curve_return_mean": statistics.mean(curves),
+                    "curve_return_std": statistics.pstdev(curves),
                     "seeds": len(finals),
                     "steps_per_s": statistics.mean(sps),
                 }
-        if len(row) == len(HEADS) and row["SAC"]["final_return_mean"] > 0:  # ratios of positives
-            row["ratio_era_over_sac"] = (
-                row["SAC-ERA"]["final_return_mean"] / row["SAC"]["final_return_mean"]
-            )
+        if len(row) == len(HEADS):  # ratios of mean returns, meaningful where both are > 0
+            for key in ("final", "curve"):
+                era, sac = (row[h][f"{key}_return_mean"] for h in HEADS)
+                row[f"{key}_ratio_era_over_sac"] = era / sac if era > 0 and sac > 0 else None
         table[task] = row
     result = {"args": json.loads(json.dumps(dataclasses.asdict(args), default=str)), "tasks": table}
     args.results.mkdir(parents=True, exist_ok=True)
@@ -150,20 +154,29 @@ def aggregate(args: Args) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [
-        "| task | SAC-ERA return | SAC return | ERA / SAC | seeds | steps/s (ERA, SAC) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| task | seeds | final return SAC-ERA | final return SAC | ERA / SAC "
+        "| mean over evaluations SAC-ERA | SAC | ERA / SAC | wall steps/s ERA, SAC |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def ratio(value):
+        return "–" if value is None else f"{value:.2f}"
+
     for task, row in result["tasks"].items():
-        cells = []
-        for head in HEADS:
-            r = row.get(head)
-            cells.append(
-                f"{r['final_return_mean']:.1f} ± {r['final_return_std']:.1f}" if r else "–"
-            )
-        ratio = f"{row['ratio_era_over_sac']:.2f}" if "ratio_era_over_sac" in row else "–"
-        seeds = "/".join(str(row[h]["seeds"]) if h in row else "0" for h in HEADS)
-        sps = ", ".join(f"{row[h]['steps_per_s']:.0f}" if h in row else "–" for h in HEADS)
-        lines.append(f"| {task} | {cells[0]} | {cells[1]} | {ratio} | {seeds} | {sps} |")
+        if len(row) < len(HEADS):
+            lines.append(f"| {task} | unfinished |" + " |" * 7)
+            continue
+        era, sac = row["SAC-ERA"], row["SAC"]
+        lines.append(
+            f"| {task} | {era['seeds']}, {sac['seeds']} "
+            f"| {era['final_return_mean']:.1f} ± {era['final_return_std']:.1f} "
+            f"| {sac['final_return_mean']:.1f} ± {sac['final_return_std']:.1f} "
+            f"| {ratio(row['final_ratio_era_over_sac'])} "
+            f"| {era['curve_return_mean']:.1f} ± {era['curve_return_std']:.1f} "
+            f"| {sac['curve_return_mean']:.1f} ± {sac['curve_return_std']:.1f} "
+            f"| {ratio(row['curve_ratio_era_over_sac'])} "
+            f"| {era['steps_per_s']:.0f}, {sac['steps_per_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 
