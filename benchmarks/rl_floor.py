@@ -91,8 +91,8 @@ def markdown(result: dict) -> str:
         for head, data in heads.items():
             for r in data["rows"]:
                 lines.append(
-                    f"| {task} | {head} | {r['step']} | {r['target']:.3f} | {r['min']:.4f} | "
-                    f"{r['mean']:.4f} | {r['max']:.4f} | {r['max_abs_gap']:.2e} |"
+                    f"| {task} | {head} | {r['step']} | {r['target']:.3f} | {r['min']:.6f} | "
+                    f"{r['mean']:.6f} | {r['max']:.6f} | {r['max_abs_gap']:.1e} |"
                 )
     return "\n".join(lines)
 
