@@ -28,15 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass
 class Args:
     out: Path = ROOT / "runs" / "llm_repro"
-    """Where the warm start and the runs are written."""
+    """Where the runs are written."""
+    init: Path = ROOT / "runs" / "llm_repro" / "init"
+    """The shared warm-start checkpoint (built here if missing)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """One GRPO and one GRPO + ERA run per seed."""
     steps: int = 200
     """GRPO steps per run (16 problems x 8 samples each)."""
-    learning_rate: float = 1e-4
+    learning_rate: float = 2e-4
     """AdamW learning rate of the RL phase."""
-    era_low: float = 0.45
-    """Lower end of ERA's response-entropy band (nats)."""
+    era_low: float = 1.8
+    """Lower end of ERA's response-entropy band (nats): just below the warm start's ~2.0."""
     era_high: float = 3.0
     """Upper end of the band."""
     warm_start_steps: int = 1200
@@ -51,6 +53,8 @@ class Args:
     """The JSON summary."""
     img_dir: Path = ROOT / "docs" / "img"
     """Where the figures go."""
+    figure_prefix: str = "llm"
+    """Figures are PREFIX_curves.png and PREFIX_pass_at_k.png."""
     methods: dict[str, bool] = field(default_factory=lambda: {"GRPO": False, "GRPO + ERA": True})
     """Label -> whether ERA is on."""
 
@@ -72,7 +76,7 @@ def _train_one(job: tuple[Args, bool, int]) -> str:
     resume = any(out.glob("checkpoint-*"))
     cfg = TrainConfig(
         out_dir=out,
-        model=str(args.out / "init"),
+        model=str(args.init),
         seed=seed,
         steps=args.steps,
         learning_rate=args.learning_rate,
@@ -121,7 +125,7 @@ def _report(args: Args) -> dict:
         "config": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(args).items()
         },
-        "warm_start": _final_eval(args, args.out / "init", held_out),
+        "warm_start": _final_eval(args, args.init, held_out),
         "methods": {},
     }
     groups = {}
@@ -148,11 +152,14 @@ def _report(args: Args) -> dict:
                 ("reward", "training reward"),
                 ("eval_pass@1", "held-out pass@1"),
             ],
-            out_png=args.img_dir / "llm_curves.png",
+            out_png=args.img_dir / f"{args.figure_prefix}_curves.png",
             hlines={"response_entropy": args.era_low},
-            title="chain_sum, tiny transformer: GRPO vs GRPO + ERA (mean ± std over seeds)",
+            title=f"chain_sum, tiny transformer, lr {args.learning_rate:g}: GRPO vs GRPO + ERA "
+            "(mean ± std over seeds)",
         )
-        _plot_pass_at_k(summary, args.img_dir / "llm_pass_at_k.png", args.final_samples)
+        _plot_pass_at_k(
+            summary, args.img_dir / f"{args.figure_prefix}_pass_at_k.png", args.final_samples
+        )
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(summary, indent=2) + "\n")
     print(_table(summary, args.final_samples))
@@ -219,8 +226,8 @@ def main(args: Args) -> None:
     from era.runs import run_in_parallel
 
     if not args.report_only:
-        if not (args.out / "init" / "config.json").is_file():
-            warm_start(WarmStartConfig(out_dir=args.out / "init", steps=args.warm_start_steps))
+        if not (args.init / "config.json").is_file():
+            warm_start(WarmStartConfig(out_dir=args.init, steps=args.warm_start_steps))
         jobs = [(args, era, seed) for seed in args.seeds for era in args.methods.values()]
         for line in run_in_parallel(_train_one, jobs, max_workers=args.workers):
             print(line)
