@@ -19,15 +19,12 @@ from era.gaussian import GaussianERA, TanhNormal
 TANH_LOG_STD_MIN, TANH_LOG_STD_MAX = -5.0, 2.0
 
 
-def mlp(sizes: list[int], act: type[nn.Module], *, layer_norm: bool = False) -> nn.Sequential:
-    """Linear layers of the given sizes with ``act`` (and optionally LayerNorm) in between."""
+def mlp(sizes: list[int], act: type[nn.Module]) -> nn.Sequential:
+    """Linear layers of the given sizes with ``act`` in between."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers += [nn.LayerNorm(n_out)] if layer_norm else []
-            layers.append(act())
-    return nn.Sequential(*layers)
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(n_in, n_out), act()]
+    return nn.Sequential(*layers[:-1])
 
 
 class EnsembleLinear(nn.Module):
