@@ -106,3 +106,49 @@ def test_mean_std_interpolates_and_plot_writes_png(tmp_path):
     assert png.stat().st_size > 1000
     with pytest.raises(ValueError, match="has column"):
         mean_std(paths, "step", "missing")
+
+
+_CTRL_C_SCRIPT = """
+import sys, time
+from pathlib import Path
+from era.runs import graceful_interrupt, run_in_parallel
+
+def job(n):
+    with graceful_interrupt() as stop:
+        Path(sys.argv[1], f"started{n}").touch()
+        deadline = time.time() + 60
+        while not stop.requested and time.time() < deadline:
+            time.sleep(0.05)
+    return f"saved{n}" if stop.requested else f"timeout{n}"
+
+if __name__ == "__main__":
+    print(run_in_parallel(job, [0, 1, 2], max_workers=2), flush=True)
+"""
+
+
+def test_ctrl_c_lets_running_jobs_save_and_cancels_queued_ones(tmp_path):
+    """Ctrl-C reaches the whole process group: running seeds must save, not die."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(_CTRL_C_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while not all((tmp_path / f"started{i}").exists() for i in (0, 1)):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.strip() == "['saved0', 'saved1', None]"
+    assert "not started (Ctrl-C): 2" in err

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -274,20 +275,34 @@ def run_in_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], max_workers: 
 
     Spawned (not forked) processes: each builds its own environments and torch threads, which is
     what one-process-per-seed experiments need. One job fails → its exception is re-raised after
-    the others finish, so finished seeds are never lost.
+    the others finish, so finished seeds are never lost. Ctrl-C reaches the running jobs too (same
+    process group), which save and stop; the parent waits for them instead of killing them, and
+    jobs that had not started are cancelled (their result is None).
     """
     if max_workers <= 1 or len(jobs) <= 1:
         return [fn(job) for job in jobs]
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(max_workers, len(jobs))) as pool:
-        pending = [pool.apply_async(fn, (job,)) for job in jobs]
-        results, errors = [], []
-        for job, p in zip(jobs, pending, strict=True):
-            try:
-                results.append(p.get())
-            except Exception as e:  # noqa: BLE001 - collected and re-raised below
-                errors.append((job, e))
-                results.append(None)
+    results: list[Any] = [None] * len(jobs)
+    errors = []
+    queued = list(range(len(jobs)))
+    with graceful_interrupt() as stop, ProcessPoolExecutor(max_workers, mp_context=ctx) as pool:
+        running = {}
+        while queued or running:
+            # Submit only into free slots: the executor cannot cancel a job it has queued.
+            while queued and len(running) < max_workers and not stop.requested:
+                i = queued.pop(0)
+                running[pool.submit(fn, jobs[i])] = i
+            if stop.requested and queued:
+                for i in queued:
+                    print(f"not started (Ctrl-C): {jobs[i]}", file=sys.stderr)
+                queued.clear()
+            done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                if future.exception() is not None:
+                    errors.append((jobs[i], future.exception()))
+                else:
+                    results[i] = future.result()
     if errors:
         raise RuntimeError(
             f"{len(errors)} of {len(jobs)} jobs failed: "
