@@ -31,9 +31,9 @@ Contract (what the agents in ``era.rl`` rely on):
   random warm-up actions and all later episodes are reproducible; calling ``reset(seed=seed)``
   again gives the same first observation.
 
-Vectorisation is ``SyncVectorEnv``: on MuJoCo-sized tasks one environment step costs tens of
-microseconds, less than the inter-process round trip of ``AsyncVectorEnv`` (measured in
-``benchmarks/rl_throughput.py``; see ``docs/benchmarks/rl.md``).
+Vectorisation is ``SyncVectorEnv``: a MuJoCo-sized environment step is no dearer than the
+inter-process round trip of ``AsyncVectorEnv``, which on the 2-core machine of
+``docs/benchmarks/rl.md`` was not reliably faster (``benchmarks/rl_throughput.py``).
 """
 
 from __future__ import annotations
