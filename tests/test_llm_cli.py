@@ -37,6 +37,8 @@ def init_dir(tmp_path_factory):
 
 def test_warm_start_saves_a_loadable_checkpoint(init_dir):
     assert (init_dir / "config.json").is_file() and (init_dir / "tokenizer.json").is_file()
+    run_config = json.loads((init_dir / "warm_start" / "config.json").read_text())
+    assert run_config["steps"] == 3 and run_config["hidden_size"] == 16
     result = json.loads((init_dir / "eval.json").read_text())
     assert {"accuracy", "reward", "pass@1", "pass@2"} <= set(result)
     assert 0.0 <= result["pass@1"] <= result["pass@2"] <= 1.0
@@ -153,3 +155,28 @@ def test_bad_arguments_fail_early_with_a_clear_message(init_dir, tmp_path, args,
 def test_unknown_model_is_not_downloaded(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         main(["eval", "--model", "someone/some-model", *TASK])
+
+
+def test_tiny_model_is_built_and_warm_started_inside_the_run(tmp_path):
+    out = tmp_path / "tiny"
+    warm = ["--warm-start.steps", "2", "--warm-start.eval-samples", "2"]
+    warm += [f"--warm-start.{a[2:]}" if a.startswith("--") else a for a in TINY]
+    main(
+        [
+            "train",
+            "--model",
+            "tiny",
+            "--out-dir",
+            str(out),
+            "--steps",
+            "1",
+            "--eval-every",
+            "1",
+            *warm,
+            *TASK,
+            *FAST,
+        ]
+    )
+    assert (out / "init" / "tokenizer.json").is_file()
+    assert json.loads((out / "init" / "config.json").read_text())["hidden_size"] == 16
+    assert list(read_metrics(out / "metrics.csv")["step"]) == [0, 1]

@@ -71,7 +71,8 @@ class WarmStartConfig:
     """Build the tiny model and its tokenizer, then train it briefly on (question, answer) pairs."""
 
     out_dir: Path = Path("runs/llm/init")
-    """Where the model and tokenizer are saved (a Hugging Face checkpoint directory)."""
+    """Where the model and tokenizer are saved (a Hugging Face checkpoint directory); the run's
+    config and versions go to out_dir/warm_start/."""
     task: TaskArgs = field(default_factory=TaskArgs)
     steps: int = 1000
     """Supervised steps (0 keeps the random initialisation)."""
@@ -95,7 +96,7 @@ class WarmStartConfig:
 
 @dataclass
 class TrainConfig:
-    """GRPO (``--no-era``) or GRPO + ERA (``--era``) on a task, with held-out evaluations."""
+    """GRPO (--no-era) or GRPO + ERA (--era) on a task, with held-out evaluations."""
 
     out_dir: Path = Path("runs/llm/train")
     """Run directory: config, metrics.csv, tb/, checkpoint-N/, final/."""
@@ -216,7 +217,9 @@ def warm_start(cfg: WarmStartConfig) -> dict[str, float]:
         ks=_ks(cfg.eval_samples),
         grader=cfg.task.grader,
     )
-    write_run_metadata(cfg.out_dir, cfg)
+    # The directory is a Hugging Face checkpoint, whose config.json is the model's: the run's own
+    # config and versions go one level down.
+    write_run_metadata(cfg.out_dir / "warm_start", cfg)
     model.save_pretrained(cfg.out_dir)
     tokenizer.save_pretrained(cfg.out_dir)
     (cfg.out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
