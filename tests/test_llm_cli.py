@@ -180,3 +180,35 @@ def test_tiny_model_is_built_and_warm_started_inside_the_run(tmp_path):
     assert (out / "init" / "tokenizer.json").is_file()
     assert json.loads((out / "init" / "config.json").read_text())["hidden_size"] == 16
     assert list(read_metrics(out / "metrics.csv")["step"]) == [0, 1]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops(init_dir, tmp_path, monkeypatch):
+    import contextlib
+
+    import era.runs
+
+    @contextlib.contextmanager
+    def interrupted_at_once():
+        flag = era.runs.StopFlag()
+        flag.requested = True
+        yield flag
+
+    monkeypatch.setattr(era.runs, "graceful_interrupt", interrupted_at_once)
+    out = tmp_path / "stopped"
+    main(
+        [
+            "train",
+            "--model",
+            str(init_dir),
+            "--out-dir",
+            str(out),
+            "--steps",
+            "5",
+            "--save-every",
+            "50",
+            *TASK,
+            *FAST,
+        ]
+    )
+    assert (out / "checkpoint-1").is_dir()
+    assert not (out / "final").exists()
