@@ -1,8 +1,12 @@
 """The vision trainer end to end on a Fashion-MNIST slice: exact resume, DDP equals one process,
-the command line, divergence and overwrite errors."""
+the command line, Ctrl-C, divergence and overwrite errors."""
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -154,3 +158,41 @@ def test_batch_must_split_evenly_across_processes(tmp_path):
     config = TrainConfig(**{**TINY, "batch_size": 33}, out_dir=tmp_path)
     with pytest.raises(ValueError, match="batch_size=33 must be divisible by the number of"):
         _train(config, rank=0, world=2, device=torch.device("cpu"))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "era.cli",
+        "vision",
+        "train",
+        "--out-dir",
+        str(out),
+        "--model",
+        "test_efficientnet_gn",
+        "--train-subset",
+        "6400",
+        "--eval-subset",
+        "32",
+        "--batch-size",
+        "32",
+        "--eval-every",
+        "2",
+        "--epochs",
+        "5",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "Ctrl-C: saving a checkpoint" in output and "continue with --resume" in output
+    step = load_checkpoint(out / CHECKPOINT)["step"]
+    assert 2 <= step < 1000  # stopped early, after the first evaluation
