@@ -249,10 +249,13 @@ class GaussianERA(nn.Module):
                     self.high,
                     self.log_std_min,
                     self.log_std_max,
+                    torch.is_grad_enabled() and (loc.requires_grad or log_w.requires_grad),
                 )
             else:
                 log_std = self._gaussian_log_std(log_w)
-            base = TruncatedNormal(loc, log_std.exp(), self.low, self.high, validate_args=False)
+            base = TruncatedNormal(
+                loc, log_std.exp(), self.low, self.high, validate_args=False, loc_inside=True
+            )
         elif self.bound == "tanh":
             base = TanhNormal(
                 mean, self._gaussian_log_std(log_w).exp(), self.low, self.high, validate_args=False
@@ -321,11 +324,13 @@ class _ExactTruncatedLogStd(torch.autograd.Function):
     The solve runs in the input dtype, or in float64 when sigma_max is so wide that float32
     cannot resolve the entropy's approach to log W (see ``_FLOAT32_WIDEST_LOG_STD``).
     Inputs: loc [..., D] inside [low, high], log_w = log_softmax(pre_std), then the floats
-    target, low, high, log_std_min, log_std_max. Returns (log_std, unreachable).
+    target, low, high, log_std_min, log_std_max, and ``with_grad``: False skips the derivatives
+    only backward needs (a third of the work; a critic target or an action needs none).
+    Returns (log_std, unreachable).
     """
 
     @staticmethod
-    def forward(ctx, loc, log_w, target, low, high, l_min, l_max):
+    def forward(ctx, loc, log_w, target, low, high, l_min, l_max, with_grad):
         log_width = math.log(high - low)
         dtype = loc.dtype
         if l_max - log_width > _FLOAT32_WIDEST_LOG_STD:
@@ -334,7 +339,7 @@ class _ExactTruncatedLogStd(torch.autograd.Function):
         to_low, to_high = low - loc, high - loc
         extremes = torch.tensor([l_max, l_min], dtype=loc.dtype, device=loc.device)
         h_ext, _, dh_ext = inside_entropy(
-            to_low, to_high, extremes.view(2, *[1] * loc.ndim), loc_grad=True
+            to_low, to_high, extremes.view(2, *[1] * loc.ndim), loc_grad=with_grad
         )
         h_max, h_min = h_ext.unbind(0)
         budget = h_max.sum(-1) - target
@@ -350,6 +355,9 @@ class _ExactTruncatedLogStd(torch.autograd.Function):
             step = (-0.25 * torch.log(e) - goal) * e / (slope * (1 + e))  # residual / phi'
             log_std = (log_std - step).clamp(l_min, l_top)
 
+        ctx.mark_non_differentiable(unreachable)
+        if not with_grad:
+            return torch.where(log_std < l_top, log_std, l_max).to(dtype), unreachable
         _, slope, d_loc = inside_entropy(to_low, to_high, log_std, slope=True, loc_grad=True)
         interior = (log_std > l_min) & (log_std < l_top)  # elsewhere log_std is constant
         log_std = torch.where(log_std < l_top, log_std, l_max)
@@ -359,7 +367,6 @@ class _ExactTruncatedLogStd(torch.autograd.Function):
         coupled = (~unreachable).unsqueeze(-1).to(loc.dtype)  # budget clamped at 0 otherwise
         saved = (inv_slope, d_loc, d_goal, share, rest * coupled, coupled)
         ctx.save_for_backward(*(t.to(dtype) for t in saved))
-        ctx.mark_non_differentiable(unreachable)
         return log_std.to(dtype), unreachable
 
     @staticmethod
@@ -378,7 +385,7 @@ class _ExactTruncatedLogStd(torch.autograd.Function):
         gap = v - (share * v).sum(-1, keepdim=True) * coupled
         grad_loc = d_goal * gap - v * d_loc
         grad_log_w = -rest * share * gap
-        return grad_loc, grad_log_w, None, None, None, None, None
+        return grad_loc, grad_log_w, None, None, None, None, None, None
 
 
 def _phi(unit_entropy: torch.Tensor) -> torch.Tensor:

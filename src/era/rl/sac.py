@@ -86,40 +86,58 @@ class SACAgent(torch.nn.Module):
         self.critic_opt = adam(self.critic.parameters())
         dual_params = list(dual) if self.head == "era" else [self.log_alpha]
         self.dual_opt = adam(dual_params) if dual_params else None
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.target_critic.parameters())
+        # Both losses and their backward passes as compiled graphs (--sac.compile); the random
+        # numbers stay torch's own (fallback_random), so a compiled run draws what an eager one
+        # does. Optimiser steps stay eager: fused Adam is one kernel already.
+        compile = (
+            (lambda fn: torch.compile(fn, dynamic=False, options={"fallback_random": True}))
+            if sac.compile
+            else (lambda fn: fn)
+        )
+        self._critic_loss = compile(self.critic_loss)
+        self._actor_loss = compile(self.actor_loss)
+        self._sample_action = compile(self.sample_action)
 
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
 
-    def update(self, obs, action, reward, next_obs, terminated) -> dict[str, torch.Tensor]:
-        """One gradient step of critics, actor and temperature/compensation on a batch."""
-        cfg = self.config
-        # Critic: regress both Q's on the clipped double-Q target.
+    def critic_loss(self, obs, action, reward, next_obs, terminated) -> torch.Tensor:
+        """Both Q's regressed on the clipped double-Q target (minus alpha*log pi for SAC)."""
         with torch.no_grad():
             next_dist = self.actor(next_obs)
             next_action = next_dist.sample()
             next_q = self.target_critic(next_obs, next_action).min(0).values
             if self.head == "alpha":
                 next_q = next_q - self.alpha * next_dist.log_prob(next_action)
-            target = reward + cfg.gamma * (1.0 - terminated) * next_q
-        qf_loss = (self.critic(obs, action) - target).pow(2).mean(1).sum()
+            target = reward + self.config.gamma * (1.0 - terminated) * next_q
+        return (self.critic(obs, action) - target).pow(2).mean(1).sum()
+
+    def actor_loss(self, obs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-min Q of a reparameterised action (plus alpha*log pi for SAC), and the per-state
+        entropy the dual step needs (None for exact-mode ERA: it is the target already)."""
+        dist = self.actor(obs)
+        new_action = dist.rsample()
+        loss = -self.critic(obs, new_action).min(0).values.mean()
+        if self.head == "alpha":
+            log_prob = dist.log_prob(new_action)
+            return loss + (self.alpha * log_prob).mean(), -log_prob.detach()
+        if self.compensation is not None:
+            with torch.no_grad():
+                return loss, dist.entropy()
+        return loss, None
+
+    def update(self, obs, action, reward, next_obs, terminated) -> dict[str, torch.Tensor]:
+        """One gradient step of critics, actor and temperature/compensation on a batch."""
+        qf_loss = self._critic_loss(obs, action, reward, next_obs, terminated)
         self.critic_opt.zero_grad(set_to_none=True)
         qf_loss.backward()
         self.critic_opt.step()
 
-        # Actor: maximise min Q of a reparameterised action (minus alpha*log pi for SAC).
-        self.critic.requires_grad_(False)
-        dist = self.actor(obs)
-        new_action = dist.rsample()
-        actor_loss = -self.critic(obs, new_action).min(0).values.mean()
-        losses = {}
-        if self.head == "alpha":
-            log_prob = dist.log_prob(new_action)
-            actor_loss = actor_loss + (self.alpha * log_prob).mean()
-            losses["entropy"] = entropy = -log_prob.detach()
-        elif self.compensation is not None:  # exact mode: the entropy is the target already
-            with torch.no_grad():
-                losses["entropy"] = entropy = dist.entropy()
+        self.critic.requires_grad_(False)  # the actor's loss differentiates Q in a only
+        actor_loss, entropy = self._actor_loss(obs)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
@@ -137,18 +155,21 @@ class SACAgent(torch.nn.Module):
             self.dual_opt.step()
 
         with torch.no_grad():
-            for target_p, p in zip(
-                self.target_critic.parameters(), self.critic.parameters(), strict=True
-            ):
-                target_p.lerp_(p, cfg.tau)
-        losses |= {"qf_loss": qf_loss.detach(), "actor_loss": actor_loss.detach()}
-        return {name: value.mean() for name, value in losses.items()}
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.config.tau)
+        losses = {"qf_loss": qf_loss.detach(), "actor_loss": actor_loss.detach()}
+        if entropy is not None:
+            losses["entropy"] = entropy.mean()
+        return losses
+
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs).sample()
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        dist = self.actor(torch.as_tensor(obs, dtype=torch.float32))
-        action = dist.mode if deterministic else dist.sample()
-        return action.numpy()
+        obs = torch.as_tensor(obs, dtype=torch.float32)
+        if deterministic:
+            return self.actor(obs).mode.numpy()
+        return self._sample_action(obs).numpy()
 
     @torch.no_grad()
     def entropy_stats(self, obs: torch.Tensor) -> dict[str, float]:
