@@ -11,7 +11,11 @@ thread, measured side by side in one process with the repetitions interleaved (a
   running, interleaved in small blocks (see ``time_updates``).
 
 A second table compares our own heads: SAC-ERA (exact and delta) against SAC(auto-alpha), the
-per-update time ratio (ERA drops the temperature update but adds its entropy solve).
+per-update time ratio (ERA drops the temperature update but adds its entropy solve). Ours also
+runs compiled (``SACConfig.compile``, ``--sac.compile``): the compile happens on the first
+update, after the warm-up and outside the timed steps; its wall time is reported separately
+(``compile_s``), the first repetition with an empty inductor cache (a fresh directory) and the
+later ones with the cache that the first one filled, as a second run on the same machine would.
 ``AsyncVectorEnv`` against ``SyncVectorEnv`` (the choice in ``era.rl.envs``) is timed as well.
 
 Time is this process's CPU time (one torch thread), not wall time: on a machine shared with
@@ -25,7 +29,9 @@ count, so it uses wall time and is only indicative.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +69,8 @@ class Args:
     """transitions per update"""
     repeats: int = 3
     """interleaved repetitions per implementation (the median is reported)"""
+    compiled: bool = True
+    """also time our SAC and SAC-ERA exact with --sac.compile"""
     out: Path = Path("benchmarks/results/rl_throughput.json")
     """JSON result"""
 
@@ -257,26 +265,39 @@ def time_updates(updates: dict[str, Update], blocks: int, per_block: int) -> dic
 # --- ours: the same pieces era.rl.sac.train uses (envs, buffer, agent.act / agent.update) ---
 
 
-def _our_agent(args: Args, head: str, era_mode: str = "exact"):
+def _our_agent(args: Args, head: str, era_mode: str = "exact", compile: bool = False):
     from era.rl.config import SACConfig, TrainConfig
     from era.rl.sac import build
 
-    sac = SACConfig(hidden=args.hidden, batch_size=args.batch_size, learning_starts=args.warmup)
+    sac = SACConfig(
+        hidden=args.hidden,
+        batch_size=args.batch_size,
+        learning_starts=args.warmup,
+        compile=compile,
+    )
     config = TrainConfig(env=args.env, head=head, era_mode=era_mode, sac=sac, progress=False)
     return build(config)
 
 
-def run_ours(args: Args, head: str = "alpha", era_mode: str = "exact") -> tuple[float, Update]:
+def run_ours(
+    args: Args, head: str = "alpha", era_mode: str = "exact", compile: bool = False
+) -> tuple[float, Update, float]:
+    """Train env steps/s, the update function and the wall time of the first update and action
+    (the compile, for a compiled agent)."""
     from era.rl.buffer import ReplayBuffer
 
-    envs, agent = _our_agent(args, head, era_mode)
+    envs, agent = _our_agent(args, head, era_mode, compile)
     buffer = ReplayBuffer(
         args.warmup + args.steps, envs.observation_space.shape[0], envs.action_space.shape[0]
     )
     obs = envs.obs
-    start = 0.0
+    start, first_call_s = 0.0, 0.0
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
+            wall = time.perf_counter()
+            agent.update(*buffer.sample(args.batch_size))
+            agent.act(obs)
+            first_call_s = time.perf_counter() - wall
             start = cpu_clock()
         if step < args.warmup:
             action = torch.rand(1, *envs.action_space.shape).numpy() * 2 - 1
@@ -289,7 +310,7 @@ def run_ours(args: Args, head: str = "alpha", era_mode: str = "exact") -> tuple[
             agent.update(*buffer.sample(args.batch_size))
     train_sps = args.steps / (cpu_clock() - start)
     envs.close()
-    return train_sps, lambda: agent.update(*buffer.sample(args.batch_size))
+    return train_sps, lambda: agent.update(*buffer.sample(args.batch_size)), first_call_s
 
 
 # --- vectorised stepping: SyncVectorEnv (our choice) against AsyncVectorEnv ---
@@ -318,20 +339,28 @@ def run_vector(args: Args, asynchronous: bool, num_envs: int = 4, steps: int = 5
 
 def main(args: Args) -> dict:
     torch.set_num_threads(1)
-    runs: dict[str, Callable[[], tuple[float, Update]]] = {
+    # An empty inductor cache, so that the first compile is timed as on a fresh machine.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rl_throughput_inductor_")
+    runs: dict[str, Callable[[], tuple]] = {
         "ours (SAC auto-alpha)": lambda: run_ours(args, "alpha"),
         "Stable-Baselines3 SAC": lambda: run_sb3(args),
         "CleanRL-style reference": lambda: run_reference(args),
         "ours (SAC-ERA exact)": lambda: run_ours(args, "era", "exact"),
         "ours (SAC-ERA delta)": lambda: run_ours(args, "era", "delta"),
     }
+    if args.compiled:
+        runs["ours compiled (SAC auto-alpha)"] = lambda: run_ours(args, "alpha", compile=True)
+        runs["ours compiled (SAC-ERA exact)"] = lambda: run_ours(args, "era", compile=True)
     train_sps: dict[str, list[float]] = {name: [] for name in runs}
+    compile_s: dict[str, list[float]] = {name: [] for name in runs if "compiled" in name}
     vector: dict[str, list[float]] = {"SyncVectorEnv x4": [], "AsyncVectorEnv x4": []}
     updates: dict[str, Update] = {}
     for rep in range(args.repeats):  # interleaved: every implementation once per repetition
         for name, fn in runs.items():
-            sps, updates[name] = fn()
+            sps, updates[name], *first_call_s = fn()
             train_sps[name].append(sps)
+            if name in compile_s:
+                compile_s[name] += first_call_s
             print(f"[{rep + 1}/{args.repeats}] {name}: {sps:.1f} train steps/s", flush=True)
         for name in vector:
             vector[name].append(run_vector(args, asynchronous=name.startswith("Async")))
@@ -353,6 +382,7 @@ def main(args: Args) -> dict:
             mode: ours["updates_per_s"] / table[f"ours (SAC-ERA {mode})"]["updates_per_s"]
             for mode in ("exact", "delta")
         },
+        "compile_s": compile_s,
         "vector_env_sps": {n: statistics.median(v) for n, v in vector.items()},
         "vector_env_samples": vector,
     }
@@ -380,6 +410,24 @@ def markdown(result: dict) -> str:
     lines.append(
         f"update time SAC-ERA / SAC(auto-alpha): exact {era['exact']:.2f}, delta {era['delta']:.2f}"
     )
+    table = result["median"]
+    if "ours compiled (SAC-ERA exact)" in table:
+        sb3 = table["Stable-Baselines3 SAC"]
+        for name in ("ours compiled (SAC auto-alpha)", "ours compiled (SAC-ERA exact)"):
+            lines.append(
+                f"{name} / SB3: train steps/s x{table[name]['train_sps'] / sb3['train_sps']:.2f}, "
+                f"updates/s x{table[name]['updates_per_s'] / sb3['updates_per_s']:.2f}"
+            )
+        exact_c = table["ours compiled (SAC-ERA exact)"]["updates_per_s"]
+        lines.append(
+            "update time SAC-ERA exact compiled / SAC(auto-alpha) eager: "
+            f"{table['ours (SAC auto-alpha)']['updates_per_s'] / exact_c:.2f}, / compiled: "
+            f"{table['ours compiled (SAC auto-alpha)']['updates_per_s'] / exact_c:.2f}"
+        )
+        times = "; ".join(
+            f"{n}: " + ", ".join(f"{t:.0f}" for t in ts) for n, ts in result["compile_s"].items()
+        )
+        lines.append(f"compile wall time per repetition (s; first: empty cache): {times}")
     vec = ", ".join(f"{n}: {v:.0f} steps/s" for n, v in result["vector_env_sps"].items())
     lines.append(f"vectorised stepping: {vec}")
     return "\n".join(lines)
