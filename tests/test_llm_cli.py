@@ -73,6 +73,7 @@ def test_two_step_training_run(init_dir, tmp_path, era):
     assert list(metrics["step"]) == [0, 1, 2]
     assert all(0 <= r <= 1 for r in metrics["reward"][1:])
     assert all(e > 0 for e in metrics["entropy"][1:])
+    assert all(0 <= f <= 1 for f in metrics["frac_zero_std"][1:])
     # A band above the model's entropy: ERA classifies every response as below it.
     expected_below = 1.0 if era else 0.0
     assert list(metrics["frac_below"][1:]) == [expected_below] * 2

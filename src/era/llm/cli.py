@@ -238,6 +238,7 @@ def _summary(result: dict[str, float]) -> str:
 _TRAIN_METRICS = {
     "reward": "reward",
     "reward_std": "reward_std",
+    "frac_reward_zero_std": "frac_zero_std",
     "entropy": "entropy",
     "completions/mean_length": "completion_length",
     "era/response_entropy": "response_entropy",
