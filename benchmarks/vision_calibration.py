@@ -132,6 +132,8 @@ def summarise(runs: list[TrainConfig], results: list[dict]) -> dict:
 
 
 def _cell(stats: dict, scale: float = 1.0, digits: int = 3) -> str:
+    if math.isnan(stats["std"]):  # a single seed
+        return f"{stats['mean'] * scale:.{digits}f}"
     return f"{stats['mean'] * scale:.{digits}f} ± {stats['std'] * scale:.{digits}f}"
 
 
@@ -166,7 +168,7 @@ def plot_summary(table: dict, out_png: Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     for ax, (metric, title, scale) in zip(axes, panels, strict=True):
         means = [table[k][metric]["mean"] * scale for k in labels]
-        stds = [table[k][metric]["std"] * scale for k in labels]
+        stds = [np.nan_to_num(table[k][metric]["std"]) * scale for k in labels]  # 1 seed: NaN
         # Points, not bars: the axes do not start at zero.
         ax.errorbar(range(len(labels)), means, yerr=stds, fmt="o", capsize=4, color="C0")
         for i, k in enumerate(labels):
