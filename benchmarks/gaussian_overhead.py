@@ -7,7 +7,10 @@ reparameterised action and backpropagates a loss through it. Heads:
 * ``mlp``: no head (the loss is on the MLP outputs): the network's own cost;
 * ``tanh``: SAC's usual tanh-Gaussian (log-std squashed into [-5, 2]), rsample + log_prob;
 * ``delta``: ``GaussianERA(bound="truncated", mode="delta")``, rsample;
-* ``exact``: ``GaussianERA(bound="truncated", mode="exact")``, rsample (per-state root solve).
+* ``exact``: ``GaussianERA(bound="truncated", mode="exact")``, rsample (per-state root solve);
+* with ``--compiled``, also ``tanh compiled`` and ``exact compiled``: the same step with the
+  forward pass under ``torch.compile`` (so its backward is compiled too); compiling happens in
+  the warm-up calls, outside the timing.
 
 All variants run in one process, interleaved (a, b, c, d, a, b, ...) so that load from other
 processes hits them alike; each figure is the median over ``--repeats`` rounds of the mean time
@@ -56,6 +59,8 @@ class Args:
     """torch device"""
     threads: int = 1
     """torch CPU threads"""
+    compiled: bool = False
+    """also time the tanh and exact heads under torch.compile"""
     out: Path = Path("benchmarks/results/gaussian_overhead.json")
     """JSON result"""
 
@@ -85,23 +90,28 @@ def variants(args: Args, action_dim: int) -> dict[str, Callable[[], None]]:
     def mlp() -> None:
         net(obs).square().mean().backward()
 
-    def with_head(head, log_prob: bool) -> Callable[[], None]:
-        def step() -> None:
+    def with_head(head, log_prob: bool, compile: bool = False) -> Callable[[], None]:
+        def loss() -> torch.Tensor:
             dist = head(*net(obs).chunk(2, dim=-1))
             action = dist.rsample()
-            loss = action.square().mean()
+            value = action.square().mean()
             if log_prob:
-                loss = loss + dist.log_prob(action).mean()
-            loss.backward()
+                value = value + dist.log_prob(action).mean()
+            return value
 
-        return step
+        forward = torch.compile(loss, dynamic=False) if compile else loss
+        return lambda: forward().backward()
 
-    return {
+    steps = {
         "mlp": mlp,
         "tanh": with_head(tanh_head, log_prob=True),
         "delta": with_head(delta, log_prob=False),
         "exact": with_head(exact, log_prob=False),
     }
+    if args.compiled:
+        steps["tanh compiled"] = with_head(tanh_head, log_prob=True, compile=True)
+        steps["exact compiled"] = with_head(exact, log_prob=False, compile=True)
+    return steps
 
 
 def sync(device: str) -> None:
@@ -136,11 +146,11 @@ def main(args: Args) -> dict:
         result["ms_per_call"][str(action_dim)] = {k: statistics.median(v) for k, v in times.items()}
 
     print(f"forward+backward per call, batch {args.batch_size}, device {result['device_name']}")
-    print(f"{'D':>3} {'head':>6} {'ms':>8} {'x mlp':>7} {'x tanh':>7}")
+    print(f"{'D':>3} {'head':>14} {'ms':>8} {'x mlp':>7} {'x tanh':>7}")
     for action_dim, row in result["ms_per_call"].items():
         for name, ms in row.items():
             print(
-                f"{action_dim:>3} {name:>6} {ms:8.3f} "
+                f"{action_dim:>3} {name:>14} {ms:8.3f} "
                 f"{ms / row['mlp']:7.2f} {ms / row['tanh']:7.2f}"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ A second table compares our own heads: SAC-ERA (exact and delta) against SAC(aut
 per-update time ratio (ERA drops the temperature update but adds its entropy solve). Ours also
 runs compiled (``SACConfig.compile``, ``--sac.compile``): the compile happens on the first
 update, after the warm-up and outside the timed steps; its wall time is reported separately
-(``compile_s``), the first repetition with an empty inductor cache (a fresh directory) and the
-later ones with the cache that the first one filled, as a second run on the same machine would.
+(``compile_s``): the first repetition's on an empty inductor cache (a fresh directory), as on
+a fresh machine; later repetitions reuse the graphs this process has compiled already.
 ``AsyncVectorEnv`` against ``SyncVectorEnv`` (the choice in ``era.rl.envs``) is timed as well.
 
 Time is this process's CPU time (one torch thread), not wall time: on a machine shared with
