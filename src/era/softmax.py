@@ -51,29 +51,37 @@ _HALLEY_STEPS = {torch.float32: 1, torch.float64: 2}  # the guess is within 0.2%
 _SERIES_UP_TO = 3.0  # below this s the series guess is the closer one (both within 0.16%)
 
 
+def _below(t: Tensor, threshold: float) -> Tensor:
+    """1.0 where ``t < threshold``, else 0.0, as a float mask for ``lerp_``: on CPU, ``where``
+    with a bool mask costs several times more. Exact, since neighbouring floats near our
+    thresholds differ by far more than 1e-30."""
+    return t.sub(threshold).mul_(-1e30).clamp_(0, 1)
+
+
 def _log_term(x: Tensor) -> Tensor:
     """``s = −log(−e·x) ≥ 0`` for ``x ∈ [−1/e, 0)``, keeping its digits at both ends."""
     hi, lo = _INV_E[x.dtype]
-    near = (x + hi).add_(lo).clamp_(min=0).mul_(-math.e).log1p_()  # −s from the exact x + 1/e
+    # −s from the exact x + 1/e; the upper clamp keeps it finite where it is not used (x ≥ −1/4)
+    near = (x + hi).add_(lo).clamp_(0, 0.2).mul_(-math.e).log1p_()
     far = x.neg().log_().add_(1)  # −s from log(−x): near the branch point it would cancel
-    return torch.where(x < -0.25, near, far).neg_()
+    return far.lerp_(near, _below(x, -0.25)).neg_()
 
 
 def _solve_v(s: Tensor) -> Tensor:
-    """The root ``v ≥ 0`` of ``v − log(1 + v) = s`` (no autograd), computed in place.
+    """The root ``v ≥ 0`` of ``v − log(1 + v) = s`` (no autograd); ``s`` is overwritten.
 
     Initial guess within 0.16% everywhere: for small ``s`` the inverse series in
     ``σ = √(2s)`` to fifth order, for large ``s`` the asymptotic ``v ≈ s + L + q − q²/2``
     (``L = log(1 + s)``, ``q = L/s``); then Halley steps (one for float32, two for float64).
     """
+    tiny = torch.finfo(s.dtype).tiny
+    s.clamp_(min=tiny)  # keeps q finite at the branch point; W rounds to −1 there all the same
     sigma = s.mul(2).sqrt_()
     series = sigma.mul(1 / 4320).sub_(1 / 270).mul_(sigma).add_(1 / 36).mul_(sigma)
     series.add_(1 / 3).mul_(sigma).add_(1).mul_(sigma)
-    big = torch.log1p(s)
-    q = big.div(s)
-    big.add_(s).add_(q.mul(-0.5).add_(1).mul_(q))
-    v = torch.where(s < _SERIES_UP_TO, series, big)
-    tiny = torch.finfo(s.dtype).tiny
+    v = torch.log1p(s)
+    q = v.div(s)
+    v.add_(s).add_(q.mul(-0.5).add_(1).mul_(q)).lerp_(series, _below(s, _SERIES_UP_TO))
     for _ in range(_HALLEY_STEPS[s.dtype]):
         # f = v − log(1 + v) − s, f' = v/(1 + v), f'' = 1/(1 + v)²; Halley's step is
         # f·v·(1 + v) / (v² − f/2). The denominator stays positive near the root; the clamp
@@ -98,7 +106,7 @@ def _lambertw_m1_solve(x: Tensor, tolerance: float) -> Tensor:
     in_domain = ((x + hi).add_(lo) >= -tolerance * hi) & (x <= 0)
     s = _log_term(x)
     w = _solve_v(s).neg_().sub_(1)
-    w.masked_fill_(torch.isinf(s), -math.inf)  # x = 0: the limit
+    w.masked_fill_(x == 0, -math.inf)  # the limit
     return w.masked_fill_(~(in_domain | torch.isnan(x)), math.nan)
 
 
