@@ -51,61 +51,58 @@ _HALLEY_STEPS = {torch.float32: 1, torch.float64: 2}  # the guess is within 0.2%
 _SERIES_UP_TO = 3.0  # below this s the series guess is the closer one (both within 0.16%)
 
 
-def _below(t: Tensor, threshold: float) -> Tensor:
+def _below(t: Tensor, threshold: float, out: Tensor) -> Tensor:
     """1.0 where ``t < threshold``, else 0.0, as a float mask for ``lerp_``: on CPU, ``where``
     with a bool mask costs several times more. Exact, since neighbouring floats near our
     thresholds differ by far more than 1e-30."""
-    return t.sub(threshold).mul_(-1e30).clamp_(0, 1)
+    return torch.sub(t, threshold, out=out).mul_(-1e30).clamp_(0, 1)
 
 
-def _log_term(x: Tensor) -> Tensor:
-    """``s = −log(−e·x) ≥ 0`` for ``x ∈ [−1/e, 0)``, keeping its digits at both ends."""
-    hi, lo = _INV_E[x.dtype]
-    # −s from the exact x + 1/e; the upper clamp keeps it finite where it is not used (x ≥ −1/4)
-    near = (x + hi).add_(lo).clamp_(0, 0.2).mul_(-math.e).log1p_()
-    far = x.neg().log_().add_(1)  # −s from log(−x): near the branch point it would cancel
-    return far.lerp_(near, _below(x, -0.25)).neg_()
-
-
-def _solve_v(s: Tensor) -> Tensor:
-    """The root ``v ≥ 0`` of ``v − log(1 + v) = s`` (no autograd); ``s`` is overwritten.
-
-    Initial guess within 0.16% everywhere: for small ``s`` the inverse series in
-    ``σ = √(2s)`` to fifth order, for large ``s`` the asymptotic ``v ≈ s + L + q − q²/2``
-    (``L = log(1 + s)``, ``q = L/s``); then Halley steps (one for float32, two for float64).
-    """
-    tiny = torch.finfo(s.dtype).tiny
-    s.clamp_(min=tiny)  # keeps q finite at the branch point; W rounds to −1 there all the same
-    sigma = s.mul(2).sqrt_()
-    series = sigma.mul(1 / 4320).sub_(1 / 270).mul_(sigma).add_(1 / 36).mul_(sigma)
-    series.add_(1 / 3).mul_(sigma).add_(1).mul_(sigma)
-    v = torch.log1p(s)
-    q = v.div(s)
-    v.add_(s).add_(q.mul(-0.5).add_(1).mul_(q)).lerp_(series, _below(s, _SERIES_UP_TO))
-    for _ in range(_HALLEY_STEPS[s.dtype]):
-        # f = v − log(1 + v) − s, f' = v/(1 + v), f'' = 1/(1 + v)²; Halley's step is
-        # f·v·(1 + v) / (v² − f/2). The denominator stays positive near the root; the clamp
-        # only turns 0/0 at the branch point (v = f = 0) into a zero step.
-        f = v.sub(s).sub_(torch.log1p(v))
-        step = f.mul(-0.5).addcmul_(v, v).clamp_(min=tiny)
-        f.mul_(v)
-        v.sub_(f.addcmul_(f, v).div_(step))
-    return v
-
-
-def _lambertw_m1_solve(x: Tensor, tolerance: float) -> Tensor:
-    """W₋₁(x) for float32/float64 ``x`` (no autograd); ``x`` down to ``−(1 + tolerance)/e``
-    counts as the branch point ``−1/e``.
+def _lambertw_m1_core(x: Tensor) -> Tensor:
+    """W₋₁(x) for ``x ∈ [−1/e, 0)``, float32 or float64, without autograd or domain checks.
 
     Writing ``W = −1 − v`` and ``s = −log(−e·x) ≥ 0`` turns ``W·e^W = x`` into
     ``v − log(1 + v) = s``, which is well conditioned in ``v`` at both ends: near the branch
     point (``s → 0``, where ``s`` is computed from the exact ``x + 1/e``) and near ``x → 0``
-    (no ``e^W`` to underflow).
+    (no ``e^W`` to underflow). Initial guess within 0.16% everywhere: for small ``s`` the inverse
+    series in ``σ = √(2s)`` to fifth order, for large ``s`` the asymptotic
+    ``v ≈ s + L + q − q²/2`` (``L = log(1 + s)``, ``q = L/s``); then Halley steps (one for
+    float32, two for float64). Everything runs in place in five buffers, each reused (``out=``)
+    once dead: on CPU a fresh large tensor costs about as much as an operation on it.
     """
     hi, lo = _INV_E[x.dtype]
+    tiny = torch.finfo(x.dtype).tiny
+    # −s from the exact x + 1/e; the upper clamp keeps it finite where it is not used (x ≥ −1/4)
+    near = torch.add(x, hi).add_(lo).clamp_(0, 0.2).mul_(-math.e).log1p_()
+    s = torch.neg(x).log_().add_(1)  # −s from log(−x): near the branch point it would cancel
+    mask = _below(x, -0.25, out=torch.empty_like(x))
+    s.lerp_(near, mask).neg_().clamp_(min=tiny)  # the clamp keeps q finite at the branch point
+
+    sigma = torch.mul(s, 2, out=near).sqrt_()
+    series = torch.mul(sigma, 1 / 4320, out=mask).sub_(1 / 270).mul_(sigma).add_(1 / 36)
+    series.mul_(sigma).add_(1 / 3).mul_(sigma).add_(1).mul_(sigma)
+    v = torch.log1p(s)
+    q = torch.div(v, s)
+    v.add_(s).add_(q.addcmul_(q, q, value=-0.5))
+    v.lerp_(series, _below(s, _SERIES_UP_TO, out=sigma))
+
+    for _ in range(_HALLEY_STEPS[x.dtype]):
+        # f = v − log(1 + v) − s, f' = v/(1 + v), f'' = 1/(1 + v)²; Halley's step is
+        # f·v·(1 + v) / (v² − f/2). The denominator stays positive near the root; the clamp
+        # only turns 0/0 at the branch point (v = f = 0) into a zero step.
+        f = torch.sub(v, s, out=q).sub_(torch.log1p(v, out=series))
+        step = torch.mul(f, -0.5, out=sigma).addcmul_(v, v).clamp_(min=tiny)
+        f.mul_(v)
+        v.sub_(f.addcmul_(f, v).div_(step))
+    return v.neg_().sub_(1)
+
+
+def _lambertw_m1_solve(x: Tensor, tolerance: float) -> Tensor:
+    """W₋₁(x) with the domain policy of :func:`lambertw_m1`; ``x`` down to
+    ``−(1 + tolerance)/e`` counts as the branch point ``−1/e``."""
+    hi, lo = _INV_E[x.dtype]
     in_domain = ((x + hi).add_(lo) >= -tolerance * hi) & (x <= 0)
-    s = _log_term(x)
-    w = _solve_v(s).neg_().sub_(1)
+    w = _lambertw_m1_core(x)
     w.masked_fill_(x == 0, -math.inf)  # the limit
     return w.masked_fill_(~(in_domain | torch.isnan(x)), math.nan)
 
@@ -255,7 +252,7 @@ class _ExactShares(torch.autograd.Function):
         # The clamp only bites when offset is 0 (or underflows) and p_i underflows: it keeps W
         # finite; there, as for a clamp, the gradient is zero.
         x = p.mul(-slope).sub_(offset).clamp_(max=-tiny)  # −y ∈ [−u_max, 0): inside the domain
-        w = _solve_v(_log_term(x)).neg_().sub_(1)
+        w = _lambertw_m1_core(x)
         ctx.slope, ctx.clamped = slope, offset < tiny
         ctx.save_for_backward(x, w)
         return w
