@@ -243,8 +243,8 @@ def _solve_shares(n: int, min_entropy: float, tau: float, floor: str, inverse: s
 
 
 class _ExactShares(torch.autograd.Function):
-    """``p ↦ W₋₁(−y)`` with ``y = slope·p + offset`` as one step: the forward works in place on
-    one buffer, and the backward needs only ``x = −y`` and ``W``."""
+    """``p ↦ W₋₁(−y)`` with ``y = slope·p + offset`` as one autograd node: no autograd
+    intermediates in the forward, and a backward that needs only ``x = −y`` and ``W``."""
 
     @staticmethod
     def forward(ctx, p: Tensor, slope: float, offset: float) -> Tensor:
