@@ -34,15 +34,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import platform
 import statistics
-import subprocess
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import tyro
+from _measure import SMALL_MMAP_ENV, environment, peak_extra_bytes
 from trl.kernels import ChunkedLogProbFunction
 
 from era.llm.trl import era_lm_head
@@ -133,30 +132,13 @@ def step(variant: str, args: Args, hidden, weight, labels, mask, advantages) -> 
     hidden.grad = weight.grad = None
 
 
-def _vm_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def peak_memory_bytes(variant: str, args: Args) -> int:
     """Peak extra memory of one step; meant to run in a fresh process."""
     torch.set_num_threads(1)
     tiny = replace(args, batch=2, seq=4, vocab=64, hidden=8)
     step(variant, tiny, *make_inputs(tiny))  # one-time costs (lazy loading) are not counted
     inputs = make_inputs(args)
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step(variant, args, *inputs)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
-    before = _vm_kib("VmRSS")
-    step(variant, args, *inputs)
-    return (_vm_kib("VmHWM") - before) * 1024
+    return peak_extra_bytes(lambda: step(variant, args, *inputs), args.device)
 
 
 def seconds_per_step(args: Args) -> dict[str, float]:
@@ -177,18 +159,9 @@ def seconds_per_step(args: Args) -> dict[str, float]:
     return {v: statistics.median(t) for v, t in times.items()}
 
 
-def _device_name(cuda: bool) -> str:
-    if cuda:
-        return torch.cuda.get_device_name()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def main(args: Args) -> dict:
     cuda = args.device.startswith("cuda")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)  # read by the spawned workers' glibc
+    os.environ.update(SMALL_MMAP_ENV)  # read by the spawned workers' glibc
     spawn = multiprocessing.get_context("spawn")
     memory = {}
     for variant in VARIANTS:
@@ -204,9 +177,6 @@ def main(args: Args) -> dict:
         "memory ours_era / trl": memory["ours_era"] / memory["trl"],
         "memory ours_era / ours": memory["ours_era"] / memory["ours"],
     }
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
     result = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
         "memory_method": "cuda max_memory_allocated" if cuda else "peak RSS",
@@ -215,14 +185,7 @@ def main(args: Args) -> dict:
         "peak_extra_bytes": memory,
         "seconds_per_step": seconds,
         "ratios": ratios,
-        "env": {
-            "torch": torch.__version__,
-            "trl": __import__("trl").__version__,
-            "device": _device_name(cuda),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "git_commit": commit,
-        },
+        "env": {**environment(args.device), "trl": __import__("trl").__version__},
     }
     print("| variant | peak extra memory (MiB) | x fp32 logits | s / step |\n|---|---|---|---|")
     for v in VARIANTS:

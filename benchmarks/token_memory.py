@@ -31,14 +31,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import tyro
+from _measure import SMALL_MMAP_ENV, environment, peak_extra_bytes
 
 from era.token import token_logprobs, token_logprobs_and_entropy
 
@@ -93,29 +92,12 @@ def step(variant: str, logits, labels, advantages, scale, chunk_size: int) -> No
     logits.grad = None
 
 
-def _vm_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def peak_memory_bytes(variant: str, args: Args) -> int:
     """Peak extra memory of one step; meant to run in a fresh process."""
     # A tiny step first, so one-time costs (lazy library loading, thread pools) are not counted.
     step(variant, *make_inputs(replace(args, batch=1, seq=4, vocab=64)), args.chunk_size)
     inputs = make_inputs(args)
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step(variant, *inputs, args.chunk_size)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
-    before = _vm_kib("VmRSS")
-    step(variant, *inputs, args.chunk_size)
-    return (_vm_kib("VmHWM") - before) * 1024
+    return peak_extra_bytes(lambda: step(variant, *inputs, args.chunk_size), args.device)
 
 
 def seconds_per_step(variant: str, args: Args) -> float:
@@ -140,20 +122,11 @@ def in_fresh_process(fn, variant: str, args: Args):
         return pool.apply(fn, (variant, args))
 
 
-def _device_name(cuda: bool) -> str:
-    if cuda:
-        return torch.cuda.get_device_name()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def main(args: Args) -> dict:
     cuda = args.device.startswith("cuda")
     seconds = {v: in_fresh_process(seconds_per_step, v, args) for v in VARIANTS}
     # Only the memory workers, spawned from here on, get the small mmap threshold.
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+    os.environ.update(SMALL_MMAP_ENV)
     memory = {v: in_fresh_process(peak_memory_bytes, v, args) for v in VARIANTS}
     logits_bytes = args.batch * args.seq * args.vocab * 2
     ratios = {
@@ -166,9 +139,6 @@ def main(args: Args) -> dict:
             seconds["chunked_era_with_entropy"] / seconds["chunked_era"]
         ),
     }
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
     result = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
         "memory_method": "cuda max_memory_allocated" if cuda else "peak RSS",
@@ -178,14 +148,7 @@ def main(args: Args) -> dict:
         "peak_extra_in_logits": {v: b / logits_bytes for v, b in memory.items()},
         "seconds_per_step": seconds,
         "ratios": ratios,
-        "env": {
-            "torch": torch.__version__,
-            "device": _device_name(cuda),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_1_5_15min": os.getloadavg(),  # > cpu_count: timings are disturbed
-            "git_commit": commit,
-        },
+        "env": environment(args.device),
     }
     print(f"{'variant':26s} {'peak extra MB':>14s} {'x logits':>9s} {'s/step':>8s}")
     for v in VARIANTS:
