@@ -50,3 +50,16 @@ def test_zero_share_gets_zero_gradient(dtype):
     _era_from_probs(p, 0.3, 0.0, "exact").sum().backward()
     assert p.grad[0] == 0
     assert (p.grad[1:] > 0).all() and p.grad.isfinite().all()  # z′ rises with p
+
+
+def test_float32_one_halley_step_is_enough_everywhere():
+    """A dense sweep of the whole branch (both initial-guess regimes, both ways of computing s),
+    against the float64 solver (two steps, checked against scipy/mpmath in test_softmax.py)."""
+    inv_e = torch.tensor(-1 / torch.e, dtype=torch.float64)
+    near = inv_e + torch.logspace(-8, -0.5, 100_000, dtype=torch.float64)
+    far = -torch.logspace(-0.6, -37, 100_000, dtype=torch.float64)
+    x = torch.cat([near, far]).float()
+    x = x[x >= -1 / torch.e]
+    ref = lambertw_m1(x.double())
+    rel = ((lambertw_m1(x).double() - ref) / ref).abs()
+    assert rel.max() < 4 * torch.finfo(torch.float32).eps

@@ -47,7 +47,7 @@ def _split_inv_e(dtype: torch.dtype) -> tuple[float, float]:
 
 
 _INV_E = {dtype: _split_inv_e(dtype) for dtype in (torch.float32, torch.float64)}
-_HALLEY_STEPS = {torch.float32: 1, torch.float64: 2}  # the guess is within 0.2%; each step cubes it
+_HALLEY_STEPS = {torch.float32: 1, torch.float64: 2}  # from a 0.16% guess; each step cubes it
 _SERIES_UP_TO = 3.0  # below this s the series guess is the closer one (both within 0.16%)
 
 
