@@ -51,13 +51,6 @@ _HALLEY_STEPS = {torch.float32: 1, torch.float64: 2}  # from a 0.16% guess; each
 _SERIES_UP_TO = 3.0  # below this s the series guess is the closer one (both within 0.16%)
 
 
-def _below(t: Tensor, threshold: float, out: Tensor) -> Tensor:
-    """1.0 where ``t < threshold``, else 0.0, as a float mask for ``lerp_``: on CPU, ``where``
-    with a bool mask costs several times more. Exact, since neighbouring floats near our
-    thresholds differ by far more than 1e-30."""
-    return torch.sub(t, threshold, out=out).mul_(-1e30).clamp_(0, 1)
-
-
 def _lambertw_m1_core(x: Tensor) -> Tensor:
     """W₋₁(x) for ``x ∈ [−1/e, 0)``, float32 or float64, without autograd or domain checks.
 
@@ -68,14 +61,15 @@ def _lambertw_m1_core(x: Tensor) -> Tensor:
     series in ``σ = √(2s)`` to fifth order, for large ``s`` the asymptotic
     ``v ≈ s + L + q − q²/2`` (``L = log(1 + s)``, ``q = L/s``); then Halley steps (one for
     float32, two for float64). Everything runs in place in five buffers, each reused (``out=``)
-    once dead: on CPU a fresh large tensor costs about as much as an operation on it.
+    once dead: on CPU a fresh large tensor costs about as much as an operation on it. Branches
+    are blended with ``lerp_`` by a 0/1 float mask, several times cheaper there than ``where``.
     """
     hi, lo = _INV_E[x.dtype]
     tiny = torch.finfo(x.dtype).tiny
     # −s from the exact x + 1/e; the upper clamp keeps it finite where it is not used (x ≥ −1/4)
     near = torch.add(x, hi).add_(lo).clamp_(0, 0.2).mul_(-math.e).log1p_()
     s = torch.neg(x).log_().add_(1)  # −s from log(−x): near the branch point it would cancel
-    mask = _below(x, -0.25, out=torch.empty_like(x))
+    mask = torch.lt(x, -0.25, out=torch.empty_like(x))
     s.lerp_(near, mask).neg_().clamp_(min=tiny)  # the clamp keeps q finite at the branch point
 
     sigma = torch.mul(s, 2, out=near).sqrt_()
@@ -84,7 +78,7 @@ def _lambertw_m1_core(x: Tensor) -> Tensor:
     v = torch.log1p(s)
     q = torch.div(v, s)
     v.add_(s).add_(q.addcmul_(q, q, value=-0.5))
-    v.lerp_(series, _below(s, _SERIES_UP_TO, out=sigma))
+    v.lerp_(series, torch.lt(s, _SERIES_UP_TO, out=sigma))
 
     for _ in range(_HALLEY_STEPS[x.dtype]):
         # f = v − log(1 + v) − s, f' = v/(1 + v), f'' = 1/(1 + v)²; Halley's step is
