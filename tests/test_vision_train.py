@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +197,11 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path):
     assert "Ctrl-C: saving a checkpoint" in output and "continue with --resume" in output
     step = load_checkpoint(out / CHECKPOINT)["step"]
     assert 2 <= step < 1000  # stopped early, after the first evaluation
+
+
+def test_run_directory_is_spelled_out_or_out_dir():
+    """`--out` as in `era rl train`, `--out-dir` as before."""
+    import tyro
+
+    assert tyro.cli(TrainConfig, args=["--out", "runs/a"]).out_dir == Path("runs/a")
+    assert tyro.cli(TrainConfig, args=["--out-dir", "runs/b"]).out_dir == Path("runs/b")

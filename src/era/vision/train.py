@@ -18,11 +18,12 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import tyro
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -44,6 +45,10 @@ from era.vision.metrics import EvalAccumulator
 CHECKPOINT = "checkpoint.pt"
 
 
+# The run directory answers to `--out-dir` and, as in `era rl train`, to `--out`.
+OutDir = Annotated[Path, tyro.conf.arg(aliases=("--out",))]
+
+
 @dataclass
 class TrainConfig:
     """Train an image classifier with the ERA head or a baseline; evaluate accuracy and calibration.
@@ -52,7 +57,7 @@ class TrainConfig:
     ``--confidence-penalty``, ``--drop-rate`` (dropout before the classifier), mixup/cutmix.
     """
 
-    out_dir: Path = Path("runs/vision/fashion-mnist")
+    out_dir: OutDir = Path("runs/vision/fashion-mnist")
     """run directory: config, versions, metrics.csv, TensorBoard events (tb/), checkpoint"""
     dataset: Literal["fashion-mnist", "cifar10", "imagefolder"] = "fashion-mnist"
     """fashion-mnist (Debian package dataset-fashion-mnist), cifar10, or an ImageFolder tree"""
