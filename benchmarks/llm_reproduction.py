@@ -214,6 +214,8 @@ def _plot_pass_at_k(summary: dict, out_png: Path, n: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from era.plotting import save_figure
+
     ks = list(range(1, n + 1))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(ks, [summary["warm_start"][f"pass@{k}"] for k in ks], "k--", label="warm start")
@@ -226,9 +228,7 @@ def _plot_pass_at_k(summary: dict, out_png: Path, n: int) -> None:
     ax.set_ylabel("held-out pass@k")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_png)
 
 
 def _table(summary: dict, n: int) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from era.plotting import save_figure
 from era.runs import read_metrics
 
 HEADS = ("SAC-ERA", "SAC")
@@ -126,10 +127,7 @@ def plot(result: dict, out_png: Path) -> None:
         ax.set_ylabel("per-state policy entropy (nats)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out_png)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
+from era.plotting import save_figure  # noqa: E402
 from era.softmax import softmax_era  # noqa: E402
 
 VARIANTS = {  # label → (floor, inverse)
@@ -114,9 +115,7 @@ def main(args: Args) -> None:
     print("\nTight floor, ERA logits returned in a low-precision dtype (lowest entropy - H0):")
     for n, dtype, deficit in rounding:
         print(f"  {n} classes, {str(dtype).removeprefix('torch.')}: {deficit:+.2e} nats")
-    fig.tight_layout()
-    args.figure.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.figure, dpi=130)
+    save_figure(fig, args.figure, dpi=130)
     print(f"\nwrote {args.figure}")
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from era.plotting import save_figure
 from era.runs import run_in_parallel
 from era.vision.plot import group_runs, plot_reliability, run_label
 from era.vision.train import TrainConfig, train
@@ -180,11 +181,7 @@ def plot_summary(table: dict, out_png: Path) -> Path:
         high = max(m + s for m, s in zip(means, stds, strict=True))
         ax.set_ylim(max(0.0, low - 0.3 * (high - low)), high + 0.3 * (high - low))
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def main(args: Args) -> None:

@@ -60,8 +60,15 @@ def plot_curves(
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig, out_png: Path, dpi: int = 120) -> Path:
+    """Lay out, write (creating its folder) and close a figure, so none stays open in memory."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
+    fig.savefig(out_png, dpi=dpi)
     plt.close(fig)
     return out_png

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from era.plotting import plot_curves
+from era.plotting import plot_curves, save_figure
 
 CURVE_PANELS = [
     ("top1", "test top-1 accuracy"),
@@ -103,11 +103,7 @@ def plot_reliability(groups: dict[str, list[Path]], out_png: Path) -> Path:
     for a in (ax, hist):
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def plot_runs(run_dirs: Sequence[Path], out_png: Path) -> tuple[Path, Path]:
