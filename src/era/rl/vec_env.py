@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from era.rl.envs import make_eval_env
 
@@ -84,11 +85,15 @@ class ReplayableEnvs:
         return StepResult(obs, reward, terminated, truncated, next_obs, finished)
 
     def state_dict(self) -> dict:
+        """Seeds, episode counters and the current episodes' actions (as tensors, so that a
+        checkpoint loads with ``weights_only=True``)."""
         return {
             "seed": self.seed,
             "episodes": list(self.episodes),
             "actions": [
-                np.array(a, dtype=np.float32).reshape(len(a), *self.action_space.shape)
+                torch.from_numpy(
+                    np.array(a, dtype=np.float32).reshape(len(a), *self.action_space.shape)
+                )
                 for a in self.actions
             ],
         }
@@ -104,7 +109,7 @@ class ReplayableEnvs:
         self.episodes = list(state["episodes"])
         for i, actions in enumerate(state["actions"]):
             self.obs[i] = self._reset(i)
-            for action in actions:
+            for action in np.asarray(actions, dtype=np.float32):
                 self.obs[i], reward, *_ = self.envs[i].step(action)
                 self.actions[i].append(action.copy())
                 self.returns[i] += float(reward)
