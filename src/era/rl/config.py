@@ -9,17 +9,53 @@ in :class:`SACConfig` (``--sac.*``) and :class:`PPOConfig` (``--ppo.*``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 HEADS = {"sac": ("era", "alpha"), "ppo": ("era", "std")}
 
 
+class Range(NamedTuple):
+    """The allowed values of a numeric setting; ``high=None`` is unbounded."""
+
+    low: float
+    high: float | None = None
+    low_closed: bool = True
+    high_closed: bool = True
+
+    def __contains__(self, value: float) -> bool:  # NaN is in no range
+        above = value >= self.low if self.low_closed else value > self.low
+        below = self.high is None or (value <= self.high if self.high_closed else value < self.high)
+        return bool(above and below)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>=' if self.low_closed else '>'} {self.low}"
+        left, right = "[" if self.low_closed else "(", "]" if self.high_closed else ")"
+        return f"in {left}{self.low}, {self.high}{right}"
+
+
+AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, low_closed=False)
+UNIT, UNIT_NO_0 = Range(0, 1), Range(0, 1, low_closed=False)
+
+
+def check_ranges(config, prefix: str, ranges: dict[str, Range]) -> None:
+    """Raise ``ValueError`` naming the flag (``--sac.batch-size``), its value and the allowed
+    range, for the first field of ``config`` outside its range."""
+    for name, allowed in ranges.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            flag = f"--{prefix}{name.replace('_', '-')}"
+            raise ValueError(f"{flag} {value} is out of range: it must be {allowed}")
+
+
 @dataclass
 class SACConfig:
-    """Soft actor-critic. Defaults follow the authors' SAC-ERA (spec §1.3) except where noted:
-    256 wide instead of 512 and 1 update per step instead of 2, so a CPU run stays fast."""
+    """Soft actor-critic. Defaults follow the authors' SAC-ERA (``docs/activations.md``) except
+    where noted: 256 wide instead of 512 and 1 update per step instead of 2, so a CPU run stays
+    fast."""
 
     hidden: int = 256
     """width of the hidden layers of actor and critics (authors: 512)"""
@@ -43,6 +79,24 @@ class SACConfig:
     """initial temperature of the alpha head"""
     compile: bool = False
     """torch.compile the losses and the acting policy (faster updates after ~1 min compiling)"""
+
+    def __post_init__(self):
+        check_ranges(
+            self,
+            "sac.",
+            {
+                "hidden": AT_LEAST_1,
+                "layers": AT_LEAST_1,
+                "lr": POSITIVE,
+                "batch_size": AT_LEAST_1,
+                "updates_per_step": AT_LEAST_1,
+                "gamma": UNIT,
+                "tau": UNIT_NO_0,
+                "learning_starts": AT_LEAST_0,
+                "buffer_size": AT_LEAST_1,
+                "init_alpha": POSITIVE,
+            },
+        )
 
 
 @dataclass
@@ -78,6 +132,26 @@ class PPOConfig:
     """normalise observations with running statistics (saved with the agent, frozen in eval)"""
     norm_reward: bool = True
     """scale rewards by the running std of the discounted return"""
+
+    def __post_init__(self):
+        check_ranges(
+            self,
+            "ppo.",
+            {
+                "num_envs": AT_LEAST_1,
+                "num_steps": AT_LEAST_1,
+                "hidden": AT_LEAST_1,
+                "lr": POSITIVE,
+                "gamma": UNIT,
+                "gae_lambda": UNIT,
+                "epochs": AT_LEAST_1,
+                "minibatches": Range(1, self.num_envs * self.num_steps),
+                "clip": POSITIVE,
+                "ent_coef": AT_LEAST_0,
+                "vf_coef": AT_LEAST_0,
+                "max_grad_norm": POSITIVE,
+            },
+        )
 
 
 @dataclass
@@ -126,18 +200,26 @@ class TrainConfig:
             raise ValueError(
                 f"head={self.head!r} is not a {self.algo} head; choose one of {HEADS[self.algo]}"
             )
-        for name in (
-            "total_steps",
-            "eval_every",
-            "eval_episodes",
-            "checkpoint_every",
-            "threads",
-            "workers",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds={self.seeds} contains duplicates")
+        check_ranges(
+            self,
+            "",
+            {
+                "total_steps": AT_LEAST_1,
+                "seed": AT_LEAST_0,
+                "eval_every": AT_LEAST_1,
+                "eval_episodes": AT_LEAST_1,
+                "checkpoint_every": AT_LEAST_1,
+                "threads": AT_LEAST_1,
+                "workers": AT_LEAST_1,
+            },
+        )
+        if self.target_entropy is not None and not math.isfinite(self.target_entropy):
+            raise ValueError(f"--target-entropy {self.target_entropy} must be a finite number")
+        if self.seeds is not None:
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"--seeds {self.seeds} contains duplicates")
+            if min(self.seeds, default=0) < 0:
+                raise ValueError(f"--seeds {self.seeds}: every seed must be >= 0")
 
     def for_seed(self, seed: int) -> TrainConfig:
         """The single-seed run of a --seeds sweep, written to OUT/seed{seed}."""
@@ -145,7 +227,8 @@ class TrainConfig:
 
 
 def default_target_entropy(algo: str, head: str, action_dim: int) -> float:
-    """Per spec §1.3: -D/2 for SAC-ERA, -0.3*D for PPO-ERA; SAC's usual -D for the alpha head.
+    """-D/2 for SAC-ERA, -0.3*D for PPO-ERA (``docs/activations.md``); SAC's usual -D for the
+    alpha head.
 
     The std head of PPO has no target (its entropy is only pushed up by the bonus)."""
     if head == "alpha":
