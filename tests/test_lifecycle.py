@@ -150,3 +150,17 @@ def test_a_stop_signal_saves_and_exits_non_zero(tmp_path, signum, code):
     era(["rl", "train", "--out", str(out), "--resume", "--total-steps", str(step + 50),
          "--eval-every", "100", "--checkpoint-every", "100", *TINY])  # fmt: skip
     assert load_checkpoint(out / CHECKPOINT)["step"] == step + 50
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    for argv, env in (
+        (["--debug", "rl", "eval", str(tmp_path)], "0"),
+        (["rl", "eval", str(tmp_path)], "1"),
+    ):
+        monkeypatch.setenv("ERA_DEBUG", env)
+        with pytest.raises(SystemExit) as exit_info:
+            era(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "RunError" in err
+        assert err.endswith(f"era rl: error: no checkpoint at {tmp_path / CHECKPOINT}\n")
