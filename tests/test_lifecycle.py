@@ -84,6 +84,15 @@ def test_a_folder_with_run_files_but_no_checkpoint_is_never_overwritten(tmp_path
     assert snapshot(run) == before
 
 
+def test_a_sweep_is_refused_before_any_seed_starts(tmp_path, capsys):
+    (tmp_path / "sweep" / "seed1").mkdir(parents=True)
+    (tmp_path / "sweep" / "seed1" / "metrics.csv").write_text("step,return_mean\n100,5.0\n")
+    line = refused(capsys, ["rl", "train", "--out", str(tmp_path / "sweep"), "--seeds", "0", "1",
+                            "--workers", "1", *TINY])  # fmt: skip
+    assert "seed1 already holds a run (metrics.csv)" in line
+    assert not (tmp_path / "sweep" / "seed0").exists()
+
+
 def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
     line = refused(capsys, ["rl", "train", "--out", str(tmp_path / "new"), "--resume", *TINY])
     assert "no checkpoint" in line and not (tmp_path / "new").exists()
