@@ -204,7 +204,6 @@ def check_run(
         raise RunError(f"--out {out} is a file, not a folder")
     if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
         raise RunError(f"--out {out} is not writable")
-    has_checkpoint = out.is_dir() and any(out.glob(checkpoint))
     if not resume:
         found = [name for name in (*RUN_FILES, checkpoint) if out.is_dir() and any(out.glob(name))]
         if found:
@@ -213,7 +212,7 @@ def check_run(
                 "continue it or choose another --out"
             )
         return config
-    if not has_checkpoint:
+    if not (out.is_dir() and any(out.glob(checkpoint))):
         raise RunError(
             f"--resume: no checkpoint ({checkpoint}) in {out} to continue; drop --resume to start "
             "a new run there (if the folder holds no other run files) or fix --out"
