@@ -53,9 +53,9 @@ def check_ranges(config, prefix: str, ranges: dict[str, Range]) -> None:
 
 @dataclass
 class SACConfig:
-    """Soft actor-critic. Defaults follow the authors' SAC-ERA (``docs/activations.md``) except
-    where noted: 256 wide instead of 512 and 1 update per step instead of 2, so a CPU run stays
-    fast."""
+    """Soft actor-critic. Defaults follow the authors' SAC-ERA (docs/activations.md) except
+    where noted: 256 wide instead of 512 and 1 update per step instead of 2, so a CPU run
+    stays fast."""
 
     hidden: int = 256
     """width of the hidden layers of actor and critics (authors: 512)"""
@@ -227,8 +227,8 @@ class TrainConfig:
 
 
 def default_target_entropy(algo: str, head: str, action_dim: int) -> float:
-    """-D/2 for SAC-ERA, -0.3*D for PPO-ERA (``docs/activations.md``); SAC's usual -D for the
-    alpha head.
+    """As in docs/activations.md: -D/2 for SAC-ERA, -0.3*D for PPO-ERA; SAC's usual -D for
+    the alpha head.
 
     The std head of PPO has no target (its entropy is only pushed up by the bonus)."""
     if head == "alpha":
