@@ -173,3 +173,16 @@ def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert "Traceback" in err and "RunError" in err
         assert err.endswith(f"era rl: error: no checkpoint at {tmp_path / CHECKPOINT}\n")
+
+
+def test_the_agents_do_not_import_the_dispatcher():
+    """train.py imports the agents; they and their helpers must not import it back (a cycle)."""
+    import ast
+
+    import era.rl
+
+    for name in ("sac", "ppo", "loop", "vec_env", "envs", "config", "networks", "buffer"):
+        tree = ast.parse((Path(era.rl.__file__).parent / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {"era.rl.train", "era.rl.cli"} & imported, name
