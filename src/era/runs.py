@@ -32,6 +32,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import platform
 import random
 import signal
@@ -279,11 +280,15 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise RunError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling and zip errors have many types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:  # garbage, or objects that unpickling would construct
         raise RunError(
-            f"{path} is not a readable checkpoint (corrupt, truncated, or holding more than "
-            f"tensors and plain data): {reason}"
+            f"{path} is not a readable checkpoint: corrupt, or holding objects other than tensors "
+            "and plain data (which could run code, so it is not loaded)"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - truncated zips and pickles fail in many ways
+        reason = " ".join(str(e).split()).split(". ")[0] or type(e).__name__
+        raise RunError(
+            f"{path} is not a readable checkpoint (corrupt or truncated): {reason}"
         ) from e
     if not isinstance(state, dict):
         raise RunError(f"{path} is not a checkpoint of this project (holds {type(state).__name__})")
