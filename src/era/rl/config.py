@@ -12,43 +12,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
+
+from era.validation import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_NO_0, Range, check_ranges
 
 HEADS = {"sac": ("era", "alpha"), "ppo": ("era", "std")}
-
-
-class Range(NamedTuple):
-    """The allowed values of a numeric setting; ``high=None`` is unbounded."""
-
-    low: float
-    high: float | None = None
-    low_closed: bool = True
-    high_closed: bool = True
-
-    def __contains__(self, value: float) -> bool:  # NaN is in no range
-        above = value >= self.low if self.low_closed else value > self.low
-        below = self.high is None or (value <= self.high if self.high_closed else value < self.high)
-        return bool(above and below)
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>=' if self.low_closed else '>'} {self.low}"
-        left, right = "[" if self.low_closed else "(", "]" if self.high_closed else ")"
-        return f"in {left}{self.low}, {self.high}{right}"
-
-
-AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, low_closed=False)
-UNIT, UNIT_NO_0 = Range(0, 1), Range(0, 1, low_closed=False)
-
-
-def check_ranges(config, prefix: str, ranges: dict[str, Range]) -> None:
-    """Raise ``ValueError`` naming the flag (``--sac.batch-size``), its value and the allowed
-    range, for the first field of ``config`` outside its range."""
-    for name, allowed in ranges.items():
-        value = getattr(config, name)
-        if value not in allowed:
-            flag = f"--{prefix}{name.replace('_', '-')}"
-            raise ValueError(f"{flag} {value} is out of range: it must be {allowed}")
 
 
 @dataclass
