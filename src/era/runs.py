@@ -520,7 +520,7 @@ def run_in_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], max_workers: 
                 error = future.exception()
                 if error is None:
                     results[i] = future.result()
-                elif not isinstance(error, Interrupted):  # a stopped job saved: not a failure
+                elif not isinstance(error, (Interrupted, KeyboardInterrupt)):  # stopped, not failed
                     errors.append((jobs[i], error))
         if errors:
             raise RuntimeError(
