@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test test-slow test-verl lint format venv data clean
+.PHONY: demo test test-slow lint format venv data clean
 
 demo: $(STAMP)
 	$(BIN)/era demo --out runs/demo
@@ -50,7 +50,7 @@ $(FMNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 clean:
-	rm -rf $(VENV) $(VERL_VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 
 # ---- verl integration (era.llm.verl) -------------------------------------------------------------
 # verl 0.9.1 pins tensordict <= 0.10 and transformers < 5.11, which clash with .venv, so its tests
@@ -61,6 +61,11 @@ VERL_VENV  := .venv-verl
 VERL_STAMP := $(VERL_VENV)/.installed
 VERL_DEPS  := torch tensordict transformers hydra-core omegaconf codetiming ray numpy peft \
               datasets pillow pytest hypothesis
+
+.PHONY: test-verl clean-verl
+clean: clean-verl
+clean-verl:
+	rm -rf $(VERL_VENV)
 
 test-verl: $(VERL_STAMP)
 	$(VERL_VENV)/bin/python -m pytest tests/verl
