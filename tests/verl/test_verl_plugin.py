@@ -33,11 +33,13 @@ VOCAB = 128  # log(128) = 4.85 nats: uniform-ish logits lie above the 3.0 band e
 TEMPERATURE = 0.7
 
 
-def _micro_batch(seed: int = 0):
+def _micro_batch(seed: int = 0, layout: str = "padded"):
     """A packed micro-batch as verl's update pass sees it, and the per-sample pieces behind it.
 
     Responses get logit multipliers that put their entropies below, inside and above the band,
-    and advantages of both signs (and zero).
+    and advantages of both signs (and zero). ``layout`` is how the per-response fields arrive:
+    ``"padded"`` from the legacy trainer, ``"nested"`` (jagged) from the v1 trainer's
+    TransferQueue.
     """
     g = torch.Generator().manual_seed(seed)
     prompt_lens = [3, 5, 2, 4, 3, 6, 1]
@@ -69,6 +71,16 @@ def _micro_batch(seed: int = 0):
         batch_size=[n],
     )
     data = left_right_2_no_padding(data)
+    if layout == "nested":
+        lengths = {"prompts": prompt_lens, "responses": response_lens}
+        for key in ("prompts", "responses", "response_mask", "advantages"):
+            rows = lengths.get(key, response_lens)
+            dense = data[key]
+            parts = [
+                dense[b, p_max - n_b :] if key == "prompts" else dense[b, :n_b]
+                for b, n_b in enumerate(rows)
+            ]
+            data[key] = torch.nested.as_nested_tensor(parts, layout=torch.jagged)
     tu.assign_non_tensor(data, temperature=TEMPERATURE, use_remove_padding=True)
     n_tokens = sum(prompt_lens) + sum(response_lens)
     logits = torch.randn(n_tokens, VOCAB, generator=g, dtype=torch.float64)
@@ -198,8 +210,12 @@ def test_bad_settings_raise(kwargs, message):
         era_verl.ERAPolicyLossConfig(**kwargs)
 
 
-def test_update_pass_scales_and_logprobs_equal_era_token():
-    data, logits, pieces = _micro_batch()
+LAYOUTS = pytest.mark.parametrize("layout", ["padded", "nested"])
+
+
+@LAYOUTS
+def test_update_pass_scales_and_logprobs_equal_era_token(layout):
+    data, logits, pieces = _micro_batch(layout=layout)
     loss_function = partial(ppo_loss, config=_actor_config(**_config_settings()))
     output = _forward(_engine(), data, logits, loss_function)
     decision = era_verl._take_decision(pieces.advantages.shape)
@@ -233,8 +249,8 @@ def _loss_and_grad(engine, data, logits, config):
     return loss, leaf.grad, metrics
 
 
-def _with_old_logprobs(seed):
-    data, logits, pieces = _micro_batch(seed)
+def _with_old_logprobs(seed, layout="padded"):
+    data, logits, pieces = _micro_batch(seed, layout)
     old = no_padding_2_padding(_forward(_engine(), data, logits, None)["log_probs"], data)
     data["old_log_probs"] = old.detach()
     n_tokens = int(pieces.response_mask.sum())
@@ -254,9 +270,10 @@ def test_era_off_equals_plain_verl():
     torch.testing.assert_close(era_grad, plain_grad, rtol=0, atol=1e-12)
 
 
-def test_loss_and_gradient_equal_era_token_objective():
+@LAYOUTS
+def test_loss_and_gradient_equal_era_token_objective(layout):
     """verl's ppo_loss with the 'era' loss = token-mean of -A'·log softmax(s·z)[a] (ratio 1)."""
-    data, logits, pieces, n_tokens = _with_old_logprobs(seed=1)
+    data, logits, pieces, n_tokens = _with_old_logprobs(seed=1, layout=layout)
     loss, grad, metrics = _loss_and_grad(
         _engine(), data, logits, _actor_config(**_config_settings())
     )
