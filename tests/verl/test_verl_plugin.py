@@ -279,16 +279,20 @@ def test_loss_and_gradient_equal_era_token_objective(layout):
     )
 
     ref_leaf = logits.clone().requires_grad_(True)
-    _, scale, adv_scale, logp = _reference(ref_leaf, pieces, SETTINGS)
+    h, scale, adv_scale, logp = _reference(ref_leaf, pieces, SETTINGS)
     mask = pieces.response_mask
     ref_loss = -(pieces.advantages * adv_scale * logp)[mask].sum() / n_tokens
     ref_loss.backward()
     # At the update the ratio is 1, so the loss value is -token-mean(A') and the gradient is ERA's.
     torch.testing.assert_close(loss, -(pieces.advantages * adv_scale)[mask].sum() / n_tokens)
     torch.testing.assert_close(grad, ref_leaf.grad, rtol=0, atol=1e-12)
-    assert metrics["actor/era_scaled_frac"].values == [
-        pytest.approx(float((scale != 1).any(dim=1).sum()) / 7)
-    ]
+    expected = {
+        "era/frac_scaled": (scale != 1).any(dim=1),
+        "era/frac_below": h < SETTINGS["low"],
+        "era/frac_above": h > SETTINGS["high"],
+    }
+    for name, flags in expected.items():
+        assert metrics[name].values == [pytest.approx(float(flags.sum()) / 7)], name
 
 
 def test_era_loss_without_the_engine_fails_loudly():

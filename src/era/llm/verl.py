@@ -301,17 +301,20 @@ def compute_policy_loss_era(
 
 
 def _band_metrics(decision: Decision, settings: ERAPolicyLossConfig) -> dict[str, float]:
-    """Where the responses sit relative to the band, and how many were scaled."""
+    """Where the responses sit relative to the band, and how many were scaled (TRL's names)."""
     has_tokens = decision.response_mask.any(dim=1)  # an empty response has no entropy
     n = max(int(has_tokens.sum()), 1)
     h = decision.response_entropy
-    scaled = (decision.logit_scale != 1.0).any(dim=1)
+    below = (h < settings.era_low) & has_tokens
+    above = (h > settings.era_high) & has_tokens
+    scaled = (decision.logit_scale != 1.0).any(dim=1) & has_tokens
     mask = decision.response_mask
     n_tokens = max(int(mask.sum()), 1)
     return {
-        "actor/era_below_frac": float(((h < settings.era_low) & has_tokens).sum()) / n,
-        "actor/era_above_frac": float(((h > settings.era_high) & has_tokens).sum()) / n,
-        "actor/era_scaled_frac": float((scaled & has_tokens).sum()) / n,
-        "actor/era_response_entropy": float(h[has_tokens].sum()) / n,
-        "actor/era_token_entropy": float(decision.token_entropy[mask].sum()) / n_tokens,
+        "era/frac_below": float(below.sum()) / n,
+        "era/frac_in_band": float((has_tokens & ~below & ~above).sum()) / n,
+        "era/frac_above": float(above.sum()) / n,
+        "era/frac_scaled": float(scaled.sum()) / n,
+        "era/response_entropy": float(h[has_tokens].sum()) / n,
+        "era/token_entropy": float(decision.token_entropy[mask].sum()) / n_tokens,
     }
