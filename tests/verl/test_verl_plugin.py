@@ -342,3 +342,11 @@ def test_documented_recipes_compose_in_verls_configuration():
         assert actor.policy_loss.loss_mode == "era"
         assert config.actor_rollout_ref.model.external_lib == "era.llm.verl"
         validate_config(config, use_reference_policy=False, use_critic=False)
+
+
+def test_era_loss_mode_without_era_settings_is_named():
+    """loss_mode=era on verl's own PolicyLossConfig (the `_target_` override forgotten)."""
+    data, logits, _ = _micro_batch()
+    config = _actor_config(policy_loss=PolicyLossConfig(loss_mode="era"))
+    with pytest.raises(TypeError, match="_target_=era.llm.verl.ERAPolicyLossConfig"):
+        _forward(_engine(), data, logits, partial(ppo_loss, config=config))
