@@ -96,12 +96,13 @@ def _micro_batch(seed: int = 0, layout: str = "padded"):
     return data, logits, pieces
 
 
-def _engine():
+def _engine(pad_to_length_bucket: int | None = None):
     """The ERA engine without a model, device mesh or process group: only the input and output
-    preparation is exercised."""
+    preparation is exercised. With a bucket, verl pads each packed micro-batch up to a multiple."""
     engine = object.__new__(era_verl.ERAFSDPEngineWithLMHead)
     engine.engine_config = FSDPEngineConfig(strategy="fsdp2", entropy_from_logits_chunk_size=5)
-    engine.pad_to_length = False
+    engine.pad_to_length = pad_to_length_bucket is not None
+    engine.pad_to_length_bucket = pad_to_length_bucket
     engine.use_ulysses_sp = False
     engine.compute_entropy_from_logits = lambda z, chunk_size=None: token_entropy(z)
     return engine
@@ -126,6 +127,10 @@ def _actor_config(policy_loss=None, **era):
 
 def _forward(engine, data, logits, loss_function):
     model_inputs, output_args = engine.prepare_model_inputs(data)
+    pad = output_args["pad_size"]  # the model also scores verl's padding tokens
+    if pad:
+        logits = torch.cat([logits, torch.full((pad, VOCAB), 7.0, dtype=logits.dtype)])
+    assert model_inputs["input_ids"].shape[1] == logits.shape[0]
     output = SimpleNamespace(logits=logits[None])
     return engine.prepare_model_outputs(output, output_args, data, loss_function)
 
@@ -214,11 +219,11 @@ def test_bad_settings_raise(kwargs, message):
 LAYOUTS = pytest.mark.parametrize("layout", ["padded", "nested"])
 
 
-@LAYOUTS
-def test_update_pass_scales_and_logprobs_equal_era_token(layout):
+@pytest.mark.parametrize(("layout", "bucket"), [("padded", None), ("nested", None), ("padded", 16)])
+def test_update_pass_scales_and_logprobs_equal_era_token(layout, bucket):
     data, logits, pieces = _micro_batch(layout=layout)
     loss_function = partial(ppo_loss, config=_actor_config(**_config_settings()))
-    output = _forward(_engine(), data, logits, loss_function)
+    output = _forward(_engine(bucket), data, logits, loss_function)
     decision = era_verl._take_decision(pieces.advantages.shape)
 
     h, scale, _, logp = _reference(logits, pieces, SETTINGS)
