@@ -8,7 +8,9 @@ untracked file or folder: libraries write to the current directory (MuJoCo its
 ``MUJOCO_LOG.TXT``, TRL its ``output_dir``), and a test must leave nothing behind.
 """
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,15 @@ settings.load_profile("era")
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
 _untracked_before: set[str] | None = None
+
+
+# Relative import paths (PYTHONPATH=src) would point elsewhere once a test changes directory:
+# make them absolute, for this process and the subprocesses tests start.
+sys.path[:] = [os.path.abspath(p) if p else p for p in sys.path]
+if os.environ.get("PYTHONPATH"):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p
+    )
 
 
 @pytest.fixture(autouse=True)
