@@ -1,4 +1,4 @@
-"""Token-level ERA for RL fine-tuning of language models (arXiv 2510.08549; spec §3).
+"""Token-level ERA for RL fine-tuning of language models (arXiv 2510.08549; docs/activations.md §3).
 
 Rollouts come from the unmodified policy ``softmax(z)``. Inside the update, every token of a
 response with a positive advantage is scored under ``softmax(k·z)`` when the response's entropy is
@@ -41,6 +41,20 @@ def _check_logits(logits: Tensor) -> None:
         raise TypeError("logits must be a floating-point tensor [..., vocab]")
     if logits.shape[-1] < 1:
         raise ValueError(f"logits must have a non-empty vocabulary dimension, got {logits.shape}")
+
+
+def _check_rows(values: Tensor, what: str) -> None:
+    """Raise if a per-row result is NaN: that row's logits have no distribution.
+
+    Checked on the small per-row results rather than on the logits, so it costs no extra pass
+    over the vocabulary; skipped inside ``torch.compile`` (a data-dependent branch)."""
+    if torch.compiler.is_compiling() or not bool(torch.isnan(values).any()):
+        return
+    rows = int(torch.isnan(values).sum())
+    raise ValueError(
+        f"logits has {rows} row(s) without a distribution (a NaN or +inf entry, or every entry "
+        f"-inf), so their {what} is undefined; -inf is allowed for masked tokens"
+    )
 
 
 def _check_chunk_size(chunk_size: int | None) -> None:
@@ -125,7 +139,9 @@ def _logprob_rows(
     top = z.topk(top_k, dim=-1).values
     logprob = z_label - torch.logsumexp(top, dim=-1)
     outside = z_label < top[:, -1]
-    return logprob.masked_fill(outside, OUTSIDE_TOP_K_LOGPROB), entropy
+    logprob = logprob.masked_fill(outside, OUTSIDE_TOP_K_LOGPROB)
+    # a row whose largest logit is NaN, +inf or -inf has no distribution, whatever its label
+    return logprob.masked_fill(~torch.isfinite(top[:, 0]), math.nan), entropy
 
 
 def _logprob_grad_rows(
@@ -238,7 +254,9 @@ def token_entropy(logits: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """
     _check_logits(logits)
     _check_chunk_size(chunk_size)
-    return _ChunkedEntropy.apply(logits, chunk_size)
+    entropy = _ChunkedEntropy.apply(logits, chunk_size)
+    _check_rows(entropy, "entropy")
+    return entropy
 
 
 def response_entropy(entropy: Tensor, mask: Tensor, top_fraction: float = 0.2) -> Tensor:
@@ -259,6 +277,8 @@ def response_entropy(entropy: Tensor, mask: Tensor, top_fraction: float = 0.2) -
             f"{tuple(entropy.shape)} and mask {tuple(mask.shape)}"
         )
     mask = mask.bool()
+    if not torch.compiler.is_compiling() and bool((torch.isnan(entropy) & mask).any()):
+        raise ValueError("entropy contains NaN at masked-in tokens")
     length = mask.sum(-1)
     n_top = torch.floor(length.double() * top_fraction).long().clamp(min=1)
     ranked = entropy.masked_fill(~mask, -math.inf).sort(dim=-1, descending=True).values
@@ -299,6 +319,10 @@ def era_scales(
             f"batch sizes differ: response_entropy has {response_entropy.shape[0]}, advantages "
             f"{advantages.shape[0]}"
         )
+    # NaN would compare False on both sides and silently leave the response unscaled
+    for name, x in (("response_entropy", response_entropy), ("advantages", advantages)):
+        if not torch.compiler.is_compiling() and bool(torch.isnan(x).any()):
+            raise ValueError(f"{name} contains NaN; ERA's band decision needs numbers")
     h = response_entropy if advantages.dim() == 1 else response_entropy[:, None]
     dtype = advantages.dtype if advantages.is_floating_point() else torch.float32
     positive = advantages > 0
@@ -345,7 +369,9 @@ def token_logprobs(
     by chunk in the backward pass.
     """
     scale = _prepare_logprobs(logits, labels, scale, top_k, chunk_size)
-    return _ChunkedLogProbs.apply(logits, labels, scale, top_k, chunk_size, False)
+    logprobs = _ChunkedLogProbs.apply(logits, labels, scale, top_k, chunk_size, False)
+    _check_rows(logprobs, "log-prob")
+    return logprobs
 
 
 def token_logprobs_and_entropy(
@@ -362,4 +388,6 @@ def token_logprobs_and_entropy(
     entropy metrics need) is computed from the same float32 chunk as the log-probs.
     """
     scale = _prepare_logprobs(logits, labels, scale, top_k, chunk_size)
-    return _ChunkedLogProbs.apply(logits, labels, scale, top_k, chunk_size, True)
+    logprobs, entropy = _ChunkedLogProbs.apply(logits, labels, scale, top_k, chunk_size, True)
+    _check_rows(logprobs, "log-prob")
+    return logprobs, entropy
