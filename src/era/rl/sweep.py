@@ -48,7 +48,7 @@ class SweepConfig:
     parallel: int = 1
     """local backend: trials run at once, each in its own process"""
     ray_address: str | None = None
-    """ray backend: cluster to join (host:port that `ray start --head` prints, or auto); default: a new local instance"""
+    """ray backend: cluster to join (host:port from `ray start --head`, or auto); default: new"""
     algo: Literal["sac", "ppo"] = "sac"
     """learning algorithm of every trial"""
     era_mode: Literal["exact", "delta"] = "exact"
