@@ -126,20 +126,23 @@ def test_bad_flags_are_rejected_with_a_clear_message(tmp_path, capsys, args, mes
 
 @pytest.mark.slow
 def test_ray_backend_runs_the_same_sweep_into_the_same_folders(tmp_path):
+    """The same trials as the local backend, computed in Ray's workers: the same run folders and,
+    on the same machine with one thread, the same returns; rerun and resume work through Tune."""
     ray = pytest.importorskip("ray")
+    local = sweep(tiny(tmp_path / "local"))
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        rows = sweep(tiny(tmp_path, backend="ray"))
-        assert [(r["head"], r["seeds"], r["step"]) for r in rows] == [
-            ("era", 1, 300),
-            ("alpha", 1, 300),
-        ]
+        out = tmp_path / "ray"
+        rows = sweep(tiny(out, backend="ray"))
+        assert rows == local
         for head in ("era", "alpha"):
-            assert RUN_FILES <= {
-                p.name for p in (tmp_path / "InvertedPendulum-v5" / head / "seed0").iterdir()
-            }
-        assert (tmp_path / "_tune").is_dir()  # Tune's records beside the runs
-        # Finished trials are skipped without starting a Tune experiment.
-        assert sweep(tiny(tmp_path, backend="ray")) == rows
+            run = out / "InvertedPendulum-v5" / head / "seed0"
+            assert RUN_FILES <= {p.name for p in run.iterdir()}
+        # Tune's records beside the runs, with each trial's result.
+        results = [json.loads(p.read_text()) for p in sorted(out.glob("_tune/*/result.json"))]
+        assert sorted(r["return_mean"] for r in results) == sorted(r["return_mean"] for r in rows)
+        # Finished trials are skipped; more steps resume both trials as Tune trials again.
+        assert sweep(tiny(out, backend="ray")) == rows
+        assert [r["step"] for r in sweep(tiny(out, backend="ray", total_steps=400))] == [400, 400]
     finally:
         ray.shutdown()

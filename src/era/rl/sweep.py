@@ -212,7 +212,7 @@ def run_with_ray(config: SweepConfig, todo: list[TrainConfig]) -> None:
 
 
 def _fit(config: SweepConfig, todo: list[TrainConfig], tune) -> None:
-    by_name = {str(t.out): t for t in todo}
+    by_name = {t.out.relative_to(config.out.resolve()).as_posix(): t for t in todo}
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, trials=by_name), {"cpu": config.threads}
     )
