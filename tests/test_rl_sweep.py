@@ -87,6 +87,23 @@ def test_local_sweep_runs_skips_and_resumes(tmp_path, capsys):
     assert [line.split(",")[0] for line in metrics.splitlines()[1:]] == ["300", "400"]
 
 
+@pytest.mark.slow  # spawning processes: ~40 s on a loaded 2-core machine
+def test_command_line_runs_trials_in_parallel_processes(tmp_path, capsys):
+    era(["rl", "sweep", "--envs", "InvertedPendulum-v5", "--heads", "era", "alpha", "--seeds", "0",
+         "--targets", "-0.5", "--total-steps", "200", "--eval-every", "200", "--eval-episodes", "1",
+         "--sac.hidden", "16", "--sac.batch-size", "16", "--sac.learning-starts", "100",
+         "--parallel", "2", "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "2 trials, 0 finished, 0 to resume, 2 to start" in out and "final return" in out
+    for head in ("era", "alpha"):
+        config = json.loads((tmp_path / "InvertedPendulum-v5" / f"{head}--0.5" / "seed0" /
+                             "config.json").read_text())  # fmt: skip
+        assert (config["head"], config["target_entropy"]) == (head, -0.5)
+    assert (
+        "| InvertedPendulum-v5 | alpha | -0.5 | 1 | 200 |" in (tmp_path / "summary.md").read_text()
+    )
+
+
 def test_a_folder_holding_another_run_is_refused_before_any_trial_starts(tmp_path):
     sweep(tiny(tmp_path, heads=["era"]))
     # Same folder, another configuration: refused as `era rl train --resume` refuses it.
