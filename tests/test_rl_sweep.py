@@ -128,6 +128,7 @@ def test_a_folder_holding_another_run_is_refused_before_any_trial_starts(tmp_pat
         (["--seeds"], "--seeds is empty"),
         (["--parallel", "0"], "--parallel 0 is out of range"),
         (["--ray-address", "auto"], "--ray-address needs --backend ray"),
+        (["--backend", "ray", "--parallel", "2"], "--parallel 2 is for --backend local"),
         (["--sac.hidden", "0"], "--sac.hidden 0 is out of range"),
     ],
 )

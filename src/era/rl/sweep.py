@@ -97,6 +97,11 @@ class SweepConfig:
                 raise ValueError(f"--targets {self.targets} do not differ in 6 significant digits")
         if self.ray_address is not None and self.backend != "ray":
             raise ValueError("--ray-address needs --backend ray")
+        if self.parallel != 1 and self.backend != "local":
+            raise ValueError(
+                f"--parallel {self.parallel} is for --backend local; Ray runs as many trials at "
+                "once as its CPUs allow (--threads each)"
+            )
 
 
 def trial_name(head: str, target: float | None) -> str:
