@@ -113,9 +113,12 @@ def test_a_folder_holding_another_run_is_refused_before_any_trial_starts(tmp_pat
     stray = tmp_path / "InvertedPendulum-v5" / "alpha" / "seed0"
     stray.mkdir(parents=True)
     (stray / "metrics.csv").write_text("step\n")
-    with pytest.raises(RunError, match="already holds a run"):
+    with pytest.raises(RunError, match="holds run files but no checkpoint"):
         sweep(tiny(tmp_path))
     assert not (tmp_path / "InvertedPendulum-v5" / "alpha" / "seed0" / "config.json").exists()
+    # A trial whose seeds are not all at a checkpoint cannot resume as one run.
+    with pytest.raises(RunError, match="only seed0 of the trial's seeds have a checkpoint"):
+        sweep(tiny(tmp_path, heads=["era"], seeds=[0, 1]))
 
 
 @pytest.mark.parametrize(

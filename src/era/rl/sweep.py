@@ -25,7 +25,7 @@ import numpy as np
 
 from era.rl.config import HEADS, PPOConfig, SACConfig, TrainConfig
 from era.rl.loop import check_folder
-from era.runs import CHECKPOINT, read_metrics, run_in_parallel
+from era.runs import CHECKPOINT, RUN_FILES, RunError, read_metrics, run_in_parallel
 from era.validation import AT_LEAST_1, check_ranges
 
 
@@ -155,10 +155,24 @@ def pending(trial: TrainConfig) -> TrainConfig | None:
     Raises ``RunError`` for a folder ``era rl train`` would refuse (another run's files, a
     checkpoint of another configuration), before anything is written.
     """
-    if all(finished(run, trial.total_steps) for run in seed_dirs(trial)):
+    runs = seed_dirs(trial)
+    if all(finished(run, trial.total_steps) for run in runs):
         return None
-    resume = any((run / CHECKPOINT).is_file() for run in seed_dirs(trial))
-    trial = dataclasses.replace(trial, resume=resume)
+    for run in runs:
+        if not (run / CHECKPOINT).is_file() and any(any(run.glob(f)) for f in RUN_FILES):
+            raise RunError(
+                f"{run} holds run files but no checkpoint (a trial stopped before its first "
+                "checkpoint, or another run): the sweep can neither resume nor overwrite it; "
+                "delete that folder to train the trial again"
+            )
+    with_checkpoint = [run.name for run in runs if (run / CHECKPOINT).is_file()]
+    if with_checkpoint and len(with_checkpoint) < len(runs):
+        raise RunError(
+            f"{trial.out}: only {', '.join(with_checkpoint)} of the trial's seeds have a "
+            "checkpoint; its seeds are one run and resume together: delete the folder to train "
+            "the trial again, or sweep only those seeds"
+        )
+    trial = dataclasses.replace(trial, resume=bool(with_checkpoint))
     for seed in trial.seeds:
         check_folder(trial.for_seed(seed))
     return trial
