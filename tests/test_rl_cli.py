@@ -77,7 +77,8 @@ def test_seeds_train_in_parallel_processes(tmp_path):
     from era.runs import load_checkpoint
 
     out = tmp_path / "sweep"
-    era(["rl", "train", "--env", "InvertedPendulum-v5", "--seeds", "0", "1", "--workers", "2",
+    era(["rl", "train", "--env", "InvertedPendulum-v5", "--seeds", "0", "1", "--seed-mode",
+         "processes", "--workers", "2",
          "--out", str(out), *TINY])  # fmt: skip
     a, b = (load_checkpoint(out / f"seed{s}" / "checkpoint.pt") for s in (0, 1))
     assert a["step"] == b["step"] == 200

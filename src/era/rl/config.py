@@ -18,8 +18,9 @@ HEADS = {"sac": ("era", "alpha"), "ppo": ("era", "std")}
 
 @dataclass
 class SACConfig:
-    """Soft actor-critic. Defaults follow the authors' SAC-ERA (spec §1.3) except where noted:
-    256 wide instead of 512 and 1 update per step instead of 2, so a CPU run stays fast."""
+    """Soft actor-critic. Defaults follow the authors' SAC-ERA (docs/activations.md) except
+    where noted: 256 wide instead of 512 and 1 update per step instead of 2, so a CPU run
+    stays fast."""
 
     hidden: int = 256
     """width of the hidden layers of actor and critics (authors: 512)"""
@@ -42,7 +43,10 @@ class SACConfig:
     init_alpha: float = 1.0
     """initial temperature of the alpha head"""
     compile: bool = False
-    """torch.compile the losses and the acting policy (faster updates after ~1 min compiling)"""
+    """torch.compile both losses, one graph each (faster updates after ~1 min compiling)"""
+    amp: Literal["none", "bf16"] = "none"
+    """bf16 autocast of the networks (targets and losses stay float32); fast where the CPU/GPU
+    has bf16 matrix units"""
 
 
 @dataclass
@@ -99,9 +103,15 @@ class TrainConfig:
     seed: int = 0
     """random seed of a single run"""
     seeds: list[int] | None = None
-    """run these seeds in parallel processes, into OUT/seed{N}"""
+    """train these seeds, into OUT/seed{N} (see --seed-mode)"""
+    seed_mode: Literal["vector", "processes"] = "vector"
+    """--seeds as one vectorised run (SAC: networks stacked along a seed axis) or one process
+    per seed (PPO always uses processes)"""
     workers: int = 2
-    """parallel processes for --seeds"""
+    """parallel processes for --seeds with --seed-mode processes"""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """SAC: where networks, replay buffer and updates live (environments stay on the CPU);
+    auto = cuda if available"""
     out: Path = Path("runs/rl")
     """run directory (config, metrics.csv, TensorBoard, checkpoint)"""
     eval_every: int = 10_000
@@ -145,7 +155,8 @@ class TrainConfig:
 
 
 def default_target_entropy(algo: str, head: str, action_dim: int) -> float:
-    """Per spec §1.3: -D/2 for SAC-ERA, -0.3*D for PPO-ERA; SAC's usual -D for the alpha head.
+    """As in docs/activations.md: -D/2 for SAC-ERA, -0.3*D for PPO-ERA; SAC's usual -D for
+    the alpha head.
 
     The std head of PPO has no target (its entropy is only pushed up by the bonus)."""
     if head == "alpha":

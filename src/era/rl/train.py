@@ -29,17 +29,23 @@ from era.runs import (
 
 CHECKPOINT = "checkpoint.pt"
 # Changing these between a run and its resume does not change what the run computes.
-RESUMABLE_CHANGES = {"total_steps", "resume", "progress", "seeds", "workers", "eval_episodes"}
+RESUMABLE_CHANGES = {
+    "total_steps", "resume", "progress", "seeds", "seed_mode", "workers", "eval_episodes",
+}  # fmt: skip
 
 
 def train(config: TrainConfig) -> list[Path]:
-    """Train one run, or one per seed of ``config.seeds`` in parallel processes.
+    """Train one run, or one per seed of ``config.seeds``: SAC as one vectorised run (seeds
+    stacked in one process), PPO or ``--seed-mode processes`` in parallel processes.
 
     Returns the run directories. Errors in the configuration (unknown environment, infeasible
     target entropy) surface before any training, in the calling process.
     """
     if not config.seeds:
         return [train_one(config)]
+    if config.algo == "sac" and config.seed_mode == "vector":
+        torch.set_num_threads(config.threads)
+        return _algorithm(config).train_seeds([config.for_seed(s) for s in config.seeds])
     jobs = [dataclasses.replace(config.for_seed(s), progress=False) for s in config.seeds]
     _check(jobs[0])
     run_in_parallel(train_one, jobs, max_workers=min(config.workers, len(jobs)))
