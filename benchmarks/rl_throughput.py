@@ -54,7 +54,7 @@ import torch.nn.functional as F
 import tyro
 from torch import nn
 
-from era.rl.envs import make_env
+from era.rl.envs import make_vector_env
 
 Update = Callable[[], object]
 # The machine is shared: wall time depends on what other processes do at that second. The CPU
@@ -197,7 +197,7 @@ class ReferenceSAC:
 
 
 def run_reference(args: Args) -> tuple[float, Update]:
-    envs = make_env(args.env, seed=0)
+    envs = make_vector_env(args.env, seed=0)
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]
     agent = ReferenceSAC(obs_dim, act_dim, args)
@@ -229,7 +229,7 @@ def run_sb3(args: Args) -> tuple[float, Update]:
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from era.rl.envs import make_eval_env
+    from era.rl.envs import make_env
 
     class StartClock(BaseCallback):
         """Note the time when the warm-up ends; SB3 trains from then on."""
@@ -241,7 +241,7 @@ def run_sb3(args: Args) -> tuple[float, Update]:
 
     model = SAC(
         "MlpPolicy",
-        make_eval_env(args.env, seed=0),
+        make_env(args.env, seed=0),
         learning_starts=args.warmup,
         batch_size=args.batch_size,
         train_freq=1,
@@ -383,11 +383,11 @@ def run_vector(args: Args, asynchronous: bool, num_envs: int = 4, steps: int = 5
     """Environment steps per second (summed over the copies) with zero actions."""
     from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-    from era.rl.envs import make_eval_env
+    from era.rl.envs import make_env
 
     cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
     envs = cls(
-        [lambda i=i: make_eval_env(args.env, i) for i in range(num_envs)],
+        [lambda i=i: make_env(args.env, i) for i in range(num_envs)],
         autoreset_mode=AutoresetMode.SAME_STEP,
     )
     envs.reset(seed=0)
@@ -425,7 +425,7 @@ def main(args: Args) -> dict:
     for ours in configs:
         runs[ours.name] = lambda ours=ours: run_ours(args, ours)
         seeds_of[ours.name], amp_of[ours.name] = ours.seeds, ours.amp
-    probe = make_env(args.env, seed=0)
+    probe = make_vector_env(args.env, seed=0)
     flops = update_flops(args, probe.single_observation_space.shape[0],
                          probe.single_action_space.shape[0])  # fmt: skip
     probe.close()

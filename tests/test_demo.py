@@ -6,6 +6,7 @@ import pytest
 
 from era.demo import main as demo
 from era.demo import table_rows, verdict
+from era.runs import RunError
 
 TINY = ["--steps", "200", "--learning-starts", "50", "--eval-every", "100", "--hidden", "16",
         "--seeds", "0", "1", "--eval-episodes", "1", "--workers", "1"]  # fmt: skip
@@ -30,7 +31,7 @@ def test_demo_writes_report_plot_and_table_and_reuses_only_the_same_runs(tmp_pat
     assert checkpoint.stat().st_mtime == mtime
     assert "reused finished runs" in (out / "report.md").read_text()
     # Other options on the same folder: refused, never reported as if they were these runs.
-    with pytest.raises(ValueError, match="sac"):
+    with pytest.raises(RunError, match="sac.hidden"):
         demo(["--out", str(out), *TINY[:-2], "--hidden", "32", "--workers", "1"])
 
 

@@ -27,8 +27,9 @@ import numpy as np
 import tyro
 
 from era.rl.config import SACConfig, TrainConfig
-from era.rl.train import CHECKPOINT, RESUMABLE_CHANGES, train
-from era.runs import run_in_parallel, to_jsonable
+from era.rl.loop import MAY_CHANGE
+from era.rl.train import train
+from era.runs import CHECKPOINT, RUN_FILES, RunError, check_run, run_in_parallel
 
 HEADS = {"sac-era": "era", "sac": "alpha"}
 
@@ -85,31 +86,26 @@ def run_configs(config: DemoConfig) -> dict[str, TrainConfig]:
 
 
 def _state(config: TrainConfig) -> str:
-    """``"new"``, ``"finished"`` or ``"interrupted"`` (resume it); raises if a seed's folder
-    holds a run of another configuration."""
+    """``"new"``, ``"finished"`` or ``"interrupted"`` (resume it); raises ``RunError`` if a
+    seed's folder holds a run of another configuration (compared by value, ``era.runs``)."""
     states = set()
     for seed in config.seeds:
         run = config.for_seed(seed)
-        saved = run.out / "config.json"
-        if not saved.is_file():
+        if not any((run.out / name).exists() for name in RUN_FILES):
             states.add("new")
             continue
-        wanted, found = to_jsonable(run), json.loads(saved.read_text())
-        changed = sorted(
-            k for k in wanted if k not in RESUMABLE_CHANGES and found.get(k) != wanted[k]
-        )
-        if changed:
-            raise ValueError(
-                f"{run.out} holds a run with other settings ({', '.join(changed)} differ); "
-                "choose another --out or delete it"
+        if not (run.out / CHECKPOINT).is_file():
+            raise RunError(
+                f"{run.out} holds files of a run but no checkpoint; choose another --out"
             )
+        check_run(run.out, run, resume=True, may_change=MAY_CHANGE)  # the same configuration?
         summary = run.out / "summary.json"
         if summary.is_file() and json.loads(summary.read_text())["step"] >= config.total_steps:
             states.add("finished")
         else:
-            states.add("interrupted" if (run.out / CHECKPOINT).is_file() else "new")
+            states.add("interrupted")
     if len(states) > 1:
-        raise ValueError(f"the seeds in {config.out} are in different states {sorted(states)}")
+        raise RunError(f"the seeds in {config.out} are in different states {sorted(states)}")
     return states.pop()
 
 

@@ -41,7 +41,8 @@ import torch
 from era.gaussian import GaussianERA
 from era.rl.buffer import ReplayBuffer
 from era.rl.config import TrainConfig, default_target_entropy
-from era.rl.envs import make_eval_env
+from era.rl.envs import make_env
+from era.rl.loop import Reporter, start_run, write_summary
 from era.rl.networks import (
     SACActor,
     TanhGaussianHead,
@@ -50,21 +51,8 @@ from era.rl.networks import (
     per_state_entropy,
     sample_from_noise,
 )
-from era.rl.train import (
-    CHECKPOINT,
-    Reporter,
-    start_run,
-    write_summary,
-)
 from era.rl.vec_env import ReplayableEnvs
-from era.runs import (
-    check_finite,
-    graceful_interrupt,
-    read_metrics,
-    save_checkpoint,
-    set_seed,
-    to_jsonable,
-)
+from era.runs import MetricLogger, Run, check_finite, read_metrics, set_seed, stop_signals
 
 LOG_EVERY = 1000  # steps between TensorBoard training scalars and divergence checks
 
@@ -358,9 +346,10 @@ class SeedRun:
     """What one seed of a vectorised run owns besides its slice of the agent."""
 
     config: TrainConfig
+    run: Run
     envs: ReplayableEnvs
     eval_env: object
-    logger: object
+    logger: MetricLogger
     row_step: int | None = None
 
 
@@ -419,8 +408,8 @@ def train_seeds(configs: list[TrainConfig]):
     cfg = config.sac
     runs = []
     for c, e in zip(configs, envs, strict=True):
-        logger, checkpoint = start_run(c)
-        runs.append((SeedRun(c, e, make_eval_env(c.env, c.seed + 10_000), logger), checkpoint))
+        run, logger, checkpoint = start_run(c)
+        runs.append((SeedRun(c, run, e, make_env(c.env, c.seed + 10_000), logger), checkpoint))
     checkpoints = [checkpoint for _, checkpoint in runs]
     runs = [run for run, _ in runs]
     capacity = min(cfg.buffer_size, config.total_steps)
@@ -443,11 +432,10 @@ def train_seeds(configs: list[TrainConfig]):
 
     def save():
         for i, run in enumerate(runs):
-            save_checkpoint(
-                run.config.out / CHECKPOINT,
+            run.run.save_checkpoint(
                 {
                     "step": step,
-                    "config": to_jsonable(run.config),
+                    "config": run.run.config,
                     "agent": agent.checkpoint_state(i),
                     "buffer": buffer.state_dict(i),
                     "envs": run.envs.state_dict(),
@@ -498,7 +486,7 @@ def train_seeds(configs: list[TrainConfig]):
     losses = {"qf_loss": zeros, "actor_loss": zeros}
     obs = np.stack([run.envs.obs[0] for run in runs])
     try:
-        with graceful_interrupt() as stop:
+        with stop_signals() as stop:
             while step < config.total_steps and not stop.requested:
                 if step < cfg.learning_starts:
                     action = (agent.draw("uniform", (act_dim,), stream="explore") * 2 - 1).numpy()
@@ -540,12 +528,10 @@ def train_seeds(configs: list[TrainConfig]):
                 log_evaluation()
             save()
             reporter.advance_to(step)
-            for run in runs:
-                write_summary(
-                    run.config.out,
-                    read_metrics(run.logger.csv_path),
-                    elapsed + time.perf_counter() - t0,
-                )
+        for run in runs:  # not after a stop: stop_signals raises Interrupted then
+            write_summary(
+                run.run.out, read_metrics(run.logger.csv_path), elapsed + time.perf_counter() - t0
+            )
     finally:
         reporter.close()
         for r in quiet.values():
@@ -553,7 +539,7 @@ def train_seeds(configs: list[TrainConfig]):
         for run in runs:
             run.logger.close()
             run.envs.close()
-    return [run.config.out for run in runs]
+    return [run.run.out for run in runs]
 
 
 def load_policy(config: TrainConfig, checkpoint: dict):
