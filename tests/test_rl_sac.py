@@ -111,8 +111,9 @@ def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch, 
         assert float(by_step[r["step"]]["return_mean"]) == pytest.approx(float(r["return_mean"]))
 
 
-def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    config = tiny(tmp_path, total_steps=600, eval_every=200, checkpoint_every=200)
+@pytest.mark.parametrize("seeds", [None, [0, 1]])
+def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, seeds):
+    config = tiny(tmp_path, total_steps=600, eval_every=200, checkpoint_every=200, seeds=seeds)
     real_update = sac_module.SACAgent.update
     calls = {"n": 0}
 
@@ -120,15 +121,17 @@ def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, 
         calls["n"] += 1
         losses = real_update(self, *batch)
         if calls["n"] > 250:  # blows up between the checkpoints at steps 200 and 400
-            losses["qf_loss"] = torch.full_like(losses["qf_loss"], float("nan"))
+            losses["qf_loss"][-1] = float("nan")  # in the last seed only
         return losses
 
     monkeypatch.setattr(sac_module.SACAgent, "update", poisoned)
-    with pytest.raises(DivergenceError, match="qf_loss"):
+    # a vectorised run stops as a whole and names the seed
+    with pytest.raises(DivergenceError, match=r"qf_loss \(seed 1\)" if seeds else "qf_loss"):
         train(config)
-    checkpoint = load_checkpoint(config.out / CHECKPOINT)
-    assert checkpoint["step"] == 200
-    assert all(torch.isfinite(v).all() for v in checkpoint["agent"]["modules"].values())
+    for out in [config.out / f"seed{s}" for s in seeds] if seeds else [config.out]:
+        checkpoint = load_checkpoint(out / CHECKPOINT)
+        assert checkpoint["step"] == 200
+        assert all(torch.isfinite(v).all() for v in checkpoint["agent"]["modules"].values())
 
 
 def test_bad_configurations_fail_before_training(tmp_path):
