@@ -1,4 +1,4 @@
-"""The README's main job: SAC-ERA against SAC on a real MuJoCo task, in a few CPU minutes.
+"""The README's main job: SAC-ERA against SAC on a real MuJoCo task, three seeds each.
 
 Two vectorised runs, one process each, of three seeds each on ``InvertedPendulum-v5``: SAC with
 the ERA head (exact per-state entropy floor, no entropy term anywhere) and SAC with the usual
@@ -36,7 +36,7 @@ HEADS = {"sac-era": "era", "sac": "alpha"}
 
 @dataclass
 class DemoConfig:
-    """SAC-ERA vs SAC, three seeds each, a few minutes on two CPU cores."""
+    """SAC-ERA vs SAC on a MuJoCo task, three seeds each (one vectorised run per head)."""
 
     out: Path = Path("runs/demo")
     """output directory (OUT/HEAD/seedN run folders, curves.png, report.md)"""

@@ -52,7 +52,15 @@ from era.rl.networks import (
     sample_from_noise,
 )
 from era.rl.vec_env import ReplayableEnvs
-from era.runs import MetricLogger, Run, check_finite, read_metrics, set_seed, stop_signals
+from era.runs import (
+    MetricLogger,
+    Run,
+    RunError,
+    check_finite,
+    read_metrics,
+    set_seed,
+    stop_signals,
+)
 
 LOG_EVERY = 1000  # steps between TensorBoard training scalars and divergence checks
 
@@ -419,9 +427,9 @@ def train_seeds(configs: list[TrainConfig]):
     if any(c is not None for c in checkpoints):
         steps = {c["step"] if c is not None else None for c in checkpoints}
         if len(steps) != 1:
-            raise ValueError(
-                f"the seeds' checkpoints are at different steps ({sorted(map(str, steps))}); "
-                "resume them with --seed-mode processes"
+            raise RunError(
+                f"the seeds' checkpoints in {config.out.parent} are at different steps "
+                f"({sorted(map(str, steps))}); resume them with --seed-mode processes"
             )
         agent.load_checkpoint_states([c["agent"] for c in checkpoints])
         for i, (run, checkpoint) in enumerate(zip(runs, checkpoints, strict=True)):
@@ -453,8 +461,9 @@ def train_seeds(configs: list[TrainConfig]):
         results = evaluate_seeds(
             agent, [r.eval_env for r in runs], config.eval_episodes, [s + 10_000 for s in seeds]
         )
-        obs = stats_batch(buffer, step) if buffer.size else None
-        if obs is None:
+        if buffer.size:
+            obs = stats_batch(buffer, step)
+        else:  # an evaluation before the first step: the current states
             obs = torch.as_tensor(np.stack([r.envs.obs for r in runs]), device=agent.device)
         stats = agent.entropy_stats(obs)
         for i, run in enumerate(runs):
