@@ -294,3 +294,15 @@ def test_interrupted_vectorised_run_resumes_like_the_unsplit_run(tmp_path, monke
         for name, value in a["agent"]["modules"].items():
             torch.testing.assert_close(b["agent"]["modules"][name], value, msg=name)
         torch.testing.assert_close(b["buffer"]["obs"], a["buffer"]["obs"])
+
+
+def test_device_option_resolves_and_refuses_a_missing_gpu():
+    from era.rl.sac import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cuda")
+    else:
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="device='cuda'"):
+            resolve_device("cuda")
