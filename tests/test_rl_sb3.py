@@ -16,7 +16,7 @@ from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.sac.policies import SACPolicy  # noqa: E402
 
-from era.rl.sb3 import ERASAC, ERASACPolicy  # noqa: E402
+from era.rl.sb3 import ERASAC, ERAMultiInputPolicy, ERASACPolicy  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
 SMALL = {"net_arch": [32, 32]}
@@ -128,6 +128,21 @@ def test_target_entropy_is_honoured_and_plain_sac_accepts_the_policy():
     for m in (model, plain):
         entropy = m.policy.actor.distribution(obs).entropy()
         assert torch.allclose(entropy, torch.full((4,), -1.25), atol=TOL[torch.float32])
+
+
+def test_dict_observations_with_multi_input_policy():
+    base = gym.make("Pendulum-v1")
+    space = gym.spaces.Dict({"state": base.observation_space})
+    env = gym.wrappers.TransformObservation(base, lambda o: {"state": o}, space)
+    model = ERASAC(
+        "MultiInputPolicy", env, learning_starts=50, batch_size=16, policy_kwargs={"net_arch": [16]}
+    )
+    model.learn(80)
+    assert isinstance(model.policy, ERAMultiInputPolicy)
+    obs, _ = env.reset(seed=0)
+    with torch.no_grad():
+        entropy = model.policy.actor.distribution(model.policy.obs_to_tensor(obs)[0]).entropy()
+    assert torch.allclose(entropy, torch.tensor([-0.5]), atol=TOL[torch.float32])
 
 
 def test_the_docs_example_runs(tmp_path, monkeypatch):

@@ -31,13 +31,18 @@ from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import get_action_dim
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, create_mlp
+from stable_baselines3.common.torch_layers import (
+    BaseFeaturesExtractor,
+    CombinedExtractor,
+    NatureCNN,
+    create_mlp,
+)
 from stable_baselines3.sac.policies import SACPolicy
 from torch import nn
 
 from era.gaussian import ERADistribution, GaussianERA
 
-__all__ = ["ERAActor", "ERASAC", "ERASACPolicy"]
+__all__ = ["ERAActor", "ERACnnPolicy", "ERAMultiInputPolicy", "ERASAC", "ERASACPolicy"]
 
 # SACPolicy hands these gSDE settings to every actor; a truncated normal has no use for them.
 _SDE_ACTOR_KWARGS = ("use_sde", "log_std_init", "use_expln", "clip_mean")
@@ -176,17 +181,36 @@ class ERASACPolicy(SACPolicy):
         return data
 
 
+class ERACnnPolicy(ERASACPolicy):
+    """``ERASACPolicy`` for image observations (SB3's ``"CnnPolicy"``: a NatureCNN encoder)."""
+
+    def __init__(self, *args, features_extractor_class=NatureCNN, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class ERAMultiInputPolicy(ERASACPolicy):
+    """``ERASACPolicy`` for dict observations (SB3's ``"MultiInputPolicy"``)."""
+
+    def __init__(self, *args, features_extractor_class=CombinedExtractor, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
 class ERASAC(SAC):
     """SB3's SAC with an ERA policy: ``ERASAC("MlpPolicy", env, target_entropy=-0.5)``.
 
     Takes every argument of ``stable_baselines3.SAC``. ``ent_coef`` must be 0 (its default
     here): the entropy is held by the policy, not by a temperature. ``target_entropy`` is the
     per-state entropy of the policy in nats, in SB3's normalised action units [-1, 1]^D;
-    ``"auto"`` gives ``-D/2`` (see the module docstring). ``policy`` is ``"MlpPolicy"`` (an
-    ``ERASACPolicy``) or a subclass of ``ERASACPolicy``.
+    ``"auto"`` gives ``-D/2`` (see the module docstring). ``policy`` is ``"MlpPolicy"``,
+    ``"CnnPolicy"``, ``"MultiInputPolicy"`` (the ERA versions of SB3's) or a subclass of
+    ``ERASACPolicy``.
     """
 
-    policy_aliases = {"MlpPolicy": ERASACPolicy}
+    policy_aliases = {
+        "MlpPolicy": ERASACPolicy,
+        "CnnPolicy": ERACnnPolicy,
+        "MultiInputPolicy": ERAMultiInputPolicy,
+    }
 
     def __init__(self, policy, env, *args, **kwargs):
         ent_coef = kwargs.setdefault("ent_coef", 0.0)
@@ -203,8 +227,8 @@ class ERASAC(SAC):
             isinstance(self.policy_class, type) and issubclass(self.policy_class, ERASACPolicy)
         ):
             raise TypeError(
-                f"policy={self.policy_class!r}: ERASAC needs 'MlpPolicy' or a subclass of "
-                "era.rl.sb3.ERASACPolicy"
+                f"policy={self.policy_class!r}: ERASAC needs 'MlpPolicy', 'CnnPolicy', "
+                "'MultiInputPolicy' or a subclass of era.rl.sb3.ERASACPolicy"
             )
         if self.target_entropy == "auto":
             self.target_entropy = -0.5 * get_action_dim(self.action_space)
