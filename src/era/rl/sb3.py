@@ -15,7 +15,8 @@ no entropy term:
   evaluated with for a floor that holds in every state.
 
 Everything else is SB3's own: replay buffer, critics, vec envs, callbacks, ``save``/``load``
-(``ERASAC.load`` and ``SAC.load`` both rebuild the ERA policy), rl-zoo hyper-parameters.
+(``ERASAC.load`` and ``SAC.load`` both rebuild the ERA policy), rl-zoo hyper-parameters (but
+not ``ent_coef`` or ``use_sde``, which are refused).
 ``ERASACPolicy`` also works with plain ``SAC(ERASACPolicy, env, ent_coef=0.0,
 policy_kwargs={"target_entropy": ...})``; ``ERASAC`` is that, checked, with SB3's
 ``target_entropy`` wired to the floor.
