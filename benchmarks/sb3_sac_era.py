@@ -8,7 +8,8 @@ temperature tuned towards ``-D`` nats, or ``era.rl.sb3.ERASAC``'s truncated norm
 deterministic policy is evaluated for ``--eval-episodes`` episodes on a separately seeded env.
 
 Runs go seed-major (a budget cut short leaves both variants with the same seeds). Each run's
-evaluations are written to ``RESULTS/VARIANT/seedN/metrics.csv`` when it finishes; finished runs
+evaluations are written to ``RESULTS/TASK_STEPSsteps/VARIANT/seedN/metrics.csv`` when it
+finishes; finished runs
 are skipped, so the script can be killed and restarted (an unfinished run restarts from step 0:
 a run takes minutes, and SB3 checkpoints would have to hold the whole replay buffer). Then it
 writes ``summary.json``, ``table.md`` and the learning curves ``curves.png`` beside them.
@@ -16,7 +17,7 @@ writes ``summary.json``, ``table.md`` and the learning curves ``curves.png`` bes
 What docs/integrations.md reports (one core, ``nice -n 10``, on a shared machine)::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/sb3_sac_era.py \\
-        --task InvertedPendulum-v5 --seeds 0 1 2 --total-steps 10000 --hidden 64
+        --task InvertedPendulum-v5 --seeds 0 1 2 --total-steps 6000 --eval-every 500 --hidden 64
 """
 
 from __future__ import annotations
@@ -52,18 +53,19 @@ class Args:
     """Gymnasium task id (continuous actions, finite bounds)"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """seeds, run in this order (seed-major)"""
-    total_steps: int = 10_000
+    total_steps: int = 6000
     """environment steps per run"""
     hidden: int = 64
     """width of the two hidden layers of actor and critics (SB3's default is 256)"""
     learning_starts: int = 1000
     """random steps before learning"""
-    eval_every: int = 1000
+    eval_every: int = 500
     """steps between evaluations"""
     eval_episodes: int = 5
     """episodes per evaluation (deterministic policy)"""
     results: Path = Path("benchmarks/results/sb3_sac_era")
-    """per-run metrics.csv, summary.json, table.md and curves.png"""
+    """root of the results: per-run metrics.csv, summary.json, table.md and curves.png go to a
+    folder per task and step count under it"""
     aggregate_only: bool = False
     """skip training; rebuild the table and figure from the CSVs"""
 
@@ -100,8 +102,12 @@ class EvalToRows(BaseCallback):
         return True
 
 
+def results_dir(args: Args) -> Path:
+    return args.results / f"{args.task}_{args.total_steps}steps"
+
+
 def csv_path(args: Args, variant: str, seed: int) -> Path:
-    return args.results / variant / f"seed{seed}" / "metrics.csv"
+    return results_dir(args) / variant / f"seed{seed}" / "metrics.csv"
 
 
 def run(args: Args, variant: str, seed: int) -> None:
@@ -163,18 +169,17 @@ def aggregate(args: Args) -> dict:
                 "wall_s_mean": statistics.mean(seconds),
             }
     result = {"args": json.loads(json.dumps(dataclasses.asdict(args), default=str)), **table}
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results / "table.md").write_text(markdown(args, table) + "\n")
-    groups = {
-        v: sorted((args.results / v).glob("seed*/metrics.csv")) for v in VARIANTS if v in table
-    }
+    out = results_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "table.md").write_text(markdown(args, table) + "\n")
+    groups = {v: sorted((out / v).glob("seed*/metrics.csv")) for v in VARIANTS if v in table}
     if groups:
         plot_curves(
             groups,
             "step",
             [("return_mean", "evaluation return")],
-            args.results / "curves.png",
+            out / "curves.png",
             title=f"{args.task}, SB3 SAC, hidden {args.hidden}, mean ± std over seeds",
         )
     return result
@@ -200,7 +205,7 @@ def main(args: Args) -> dict:
     if not args.aggregate_only:
         train_all(args)
     result = aggregate(args)
-    print((args.results / "table.md").read_text())
+    print((results_dir(args) / "table.md").read_text())
     return result
 
 
