@@ -7,17 +7,21 @@ temperature tuned towards ``-D`` nats, or ``era.rl.sb3.ERASAC``'s truncated norm
 ``-D/2`` nats in every state with ``ent_coef = 0``. Every ``--eval-every`` steps the
 deterministic policy is evaluated for ``--eval-episodes`` episodes on a separately seeded env.
 
-Runs go seed-major (a budget cut short leaves both variants with the same seeds). Each run's
+Runs go seed-major (a budget cut short leaves every variant with the same seeds). Each run's
 evaluations are written to ``RESULTS/TASK_STEPSsteps/VARIANT/seedN/metrics.csv`` when it
-finishes; finished runs
-are skipped, so the script can be killed and restarted (an unfinished run restarts from step 0:
-a run takes minutes, and SB3 checkpoints would have to hold the whole replay buffer). Then it
-writes ``summary.json``, ``table.md`` and the learning curves ``curves.png`` beside them.
+finishes; finished runs are skipped, so the script can be killed and restarted (an unfinished
+run restarts from step 0: a run takes minutes, and SB3 checkpoints would have to hold the whole
+replay buffer). Then it writes ``summary.json``, ``table.md`` and the learning curves ``curves.png`` beside them.
 
-What docs/integrations.md reports (one core, ``nice -n 10``, on a shared machine)::
+``--variants SB3-SAC-ERA-target-D`` adds a control: ERASAC with the floor at SAC's target ``-D``,
+which separates the effect of the target from that of the policy's form.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/sb3_sac_era.py \\
-        --task InvertedPendulum-v5 --seeds 0 1 2 --total-steps 6000 --eval-every 500 --hidden 64
+What docs/integrations.md reports (one core, ``nice -n 10``, on a shared, loaded machine)::
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/sb3_sac_era.py --task InvertedPendulum-v5 \\
+        --variants SB3-SAC-ERA SB3-SAC SB3-SAC-ERA-target-D --total-steps 6000 --eval-every 500
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/sb3_sac_era.py --task InvertedPendulum-v5 \\
+        --total-steps 10000 --eval-every 1000
 """
 
 from __future__ import annotations
@@ -43,7 +47,12 @@ from era.plotting import plot_curves
 from era.rl.sb3 import ERASAC
 from era.runs import read_metrics
 
-VARIANTS = {"SB3-SAC-ERA": ERASAC, "SB3-SAC": SAC}
+# name: (algorithm, target entropy: "auto" = the algorithm's default, "-D" = minus the action dim)
+VARIANTS = {
+    "SB3-SAC-ERA": (ERASAC, "auto"),  # floor at -D/2
+    "SB3-SAC": (SAC, "auto"),  # temperature tuned towards -D
+    "SB3-SAC-ERA-target-D": (ERASAC, "-D"),  # floor at SAC's target: isolates the target's effect
+}
 COLUMNS = ("step", "return_mean", "return_std", "time_s")
 
 
@@ -51,6 +60,8 @@ COLUMNS = ("step", "return_mean", "return_std", "time_s")
 class Args:
     task: str = "InvertedPendulum-v5"
     """Gymnasium task id (continuous actions, finite bounds)"""
+    variants: list[str] = field(default_factory=lambda: ["SB3-SAC-ERA", "SB3-SAC"])
+    """which of SB3-SAC-ERA, SB3-SAC, SB3-SAC-ERA-target-D to run"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """seeds, run in this order (seed-major)"""
     total_steps: int = 6000
@@ -114,9 +125,11 @@ def run(args: Args, variant: str, seed: int) -> None:
     env = gym.make(args.task)
     eval_env = Monitor(gym.make(args.task))
     eval_env.reset(seed=10_000 + seed)
-    model = VARIANTS[variant](
+    algorithm, target = VARIANTS[variant]
+    model = algorithm(
         "MlpPolicy",
         env,
+        target_entropy="auto" if target == "auto" else -float(np.prod(env.action_space.shape)),
         learning_starts=args.learning_starts,
         policy_kwargs={"net_arch": [args.hidden, args.hidden]},
         seed=seed,
@@ -136,8 +149,11 @@ def run(args: Args, variant: str, seed: int) -> None:
 
 def train_all(args: Args) -> None:
     torch.set_num_threads(1)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"--variants {sorted(unknown)}: unknown, choose from {list(VARIANTS)}")
     for seed in args.seeds:
-        for variant in VARIANTS:
+        for variant in args.variants:
             if csv_path(args, variant, seed).exists():
                 print(f"done already: {variant} seed {seed}", flush=True)
                 continue
@@ -149,7 +165,7 @@ def train_all(args: Args) -> None:
 
 def aggregate(args: Args) -> dict:
     table = {}
-    for variant in VARIANTS:
+    for variant in args.variants:
         finals, curves, seconds = [], [], []
         for seed in args.seeds:
             path = csv_path(args, variant, seed)
@@ -173,14 +189,14 @@ def aggregate(args: Args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(markdown(args, table) + "\n")
-    groups = {v: sorted((out / v).glob("seed*/metrics.csv")) for v in VARIANTS if v in table}
+    groups = {v: sorted((out / v).glob("seed*/metrics.csv")) for v in table}
     if groups:
         plot_curves(
             groups,
             "step",
             [("return_mean", "evaluation return")],
             out / "curves.png",
-            title=f"{args.task}, SB3 SAC, hidden {args.hidden}, mean ± std over seeds",
+            title=f"{args.task}, hidden {args.hidden}, mean ± std over seeds",
         )
     return result
 
