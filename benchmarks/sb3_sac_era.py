@@ -11,7 +11,8 @@ Runs go seed-major (a budget cut short leaves every variant with the same seeds)
 evaluations are written to ``RESULTS/TASK_STEPSsteps/VARIANT/seedN/metrics.csv`` when it
 finishes; finished runs are skipped, so the script can be killed and restarted (an unfinished
 run restarts from step 0: a run takes minutes, and SB3 checkpoints would have to hold the whole
-replay buffer). Then it writes ``summary.json``, ``table.md`` and the learning curves ``curves.png`` beside them.
+replay buffer). Then it writes ``summary.json``, ``table.md`` and the learning curves
+``curves.png`` beside them.
 
 ``--variants SB3-SAC-ERA-target-D`` adds a control: ERASAC with the floor at SAC's target ``-D``,
 which separates the effect of the target from that of the policy's form.

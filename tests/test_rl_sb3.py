@@ -1,6 +1,5 @@
 """ERA inside Stable-Baselines3's SAC: learning, the per-state floor, save/load, bad arguments."""
 
-import math
 import re
 from pathlib import Path
 
@@ -183,10 +182,18 @@ def test_unbounded_action_space_is_refused():
         ERASACPolicy(obs, gym.spaces.Discrete(3), lambda _: 3e-4)
 
 
-def test_default_target_is_half_a_nat_per_dimension_below_zero():
+def test_default_target_is_half_a_nat_per_dimension_below_zero_and_pre_std_learns():
     box = gym.spaces.Box(-1, 1, (4,))
     policy = ERASACPolicy(gym.spaces.Box(-1, 1, (3,)), box, lambda _: 3e-4, net_arch=[8])
-    assert policy.actor.era.target_entropy == -2.0
+    actor = policy.actor
+    assert actor.era.target_entropy == -2.0
+    obs = torch.randn(16, 3)
     with torch.no_grad():
-        entropy = float(policy.actor.distribution(torch.zeros(1, 3)).entropy())
-    assert math.isclose(entropy, -2.0, abs_tol=TOL[torch.float32])
+        mean, pre_std = actor.distribution_inputs(obs)
+        entropy = actor.era(mean.double(), (10 * pre_std).double()).entropy()
+    assert (entropy + 2.0).abs().max() <= TOL[torch.float64]
+    # with D > 1 the split of the entropy across dimensions is learned through pre_std
+    action, log_prob = actor.action_log_prob(obs)
+    assert action.shape == (16, 4) and log_prob.shape == (16,)
+    (action**2).sum().backward()
+    assert actor.pre_std.weight.grad.abs().sum() > 0 and actor.mu.weight.grad.abs().sum() > 0
