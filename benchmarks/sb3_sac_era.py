@@ -14,13 +14,15 @@ run restarts from step 0: a run takes minutes, and SB3 checkpoints would have to
 replay buffer). Then it writes ``summary.json``, ``table.md`` and the learning curves
 ``curves.png`` beside them.
 
-``--variants SB3-SAC-ERA-target-D`` adds a control: ERASAC with the floor at SAC's target ``-D``,
-which separates the effect of the target from that of the policy's form.
+``--variants`` adds controls: ``SB3-SAC-ERA-target-D``, ERASAC with the floor at SAC's target
+``-D`` (separates the effect of the target from that of the policy's form), and
+``SB3-SAC-ERA-target-0``, a floor at 0 nats, about as wide as SAC's policy at the start.
 
 What docs/integrations.md reports (one core, ``nice -n 10``, on a shared, loaded machine)::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/sb3_sac_era.py --task InvertedPendulum-v5 \\
-        --variants SB3-SAC-ERA SB3-SAC SB3-SAC-ERA-target-D --total-steps 6000 --eval-every 500
+        --variants SB3-SAC-ERA SB3-SAC SB3-SAC-ERA-target-D SB3-SAC-ERA-target-0 \\
+        --total-steps 6000 --eval-every 500
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/sb3_sac_era.py --task InvertedPendulum-v5 \\
         --total-steps 10000 --eval-every 1000
 """
@@ -53,6 +55,7 @@ VARIANTS = {
     "SB3-SAC-ERA": (ERASAC, "auto"),  # floor at -D/2
     "SB3-SAC": (SAC, "auto"),  # temperature tuned towards -D
     "SB3-SAC-ERA-target-D": (ERASAC, "-D"),  # floor at SAC's target: isolates the target's effect
+    "SB3-SAC-ERA-target-0": (ERASAC, "0"),  # a wide floor, near SAC's starting entropy
 }
 COLUMNS = ("step", "return_mean", "return_std", "time_s")
 
@@ -62,7 +65,7 @@ class Args:
     task: str = "InvertedPendulum-v5"
     """Gymnasium task id (continuous actions, finite bounds)"""
     variants: list[str] = field(default_factory=lambda: ["SB3-SAC-ERA", "SB3-SAC"])
-    """which of SB3-SAC-ERA, SB3-SAC, SB3-SAC-ERA-target-D to run"""
+    """which of SB3-SAC-ERA, SB3-SAC, SB3-SAC-ERA-target-D, SB3-SAC-ERA-target-0 to run"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """seeds, run in this order (seed-major)"""
     total_steps: int = 6000
@@ -130,7 +133,9 @@ def run(args: Args, variant: str, seed: int) -> None:
     model = algorithm(
         "MlpPolicy",
         env,
-        target_entropy="auto" if target == "auto" else -float(np.prod(env.action_space.shape)),
+        target_entropy={"auto": "auto", "0": 0.0, "-D": -float(np.prod(env.action_space.shape))}[
+            target
+        ],
         learning_starts=args.learning_starts,
         policy_kwargs={"net_arch": [args.hidden, args.hidden]},
         seed=seed,
