@@ -16,7 +16,8 @@ replay buffer). Then it writes ``summary.json``, ``table.md`` and the learning c
 
 ``--variants`` adds controls: ``SB3-SAC-ERA-target-D``, ERASAC with the floor at SAC's target
 ``-D`` (separates the effect of the target from that of the policy's form), and
-``SB3-SAC-ERA-target-0``, a floor at 0 nats, about as wide as SAC's policy at the start.
+``SB3-SAC-ERA-target-0``, a wider floor at 0 nats (SAC's policy starts wider still: a unit
+Gaussian squashed by tanh has 0.67 nats, uniform on [-1, 1] has 0.69).
 
 What docs/integrations.md reports (one core, ``nice -n 10``, on a shared, loaded machine)::
 
@@ -55,7 +56,7 @@ VARIANTS = {
     "SB3-SAC-ERA": (ERASAC, "auto"),  # floor at -D/2
     "SB3-SAC": (SAC, "auto"),  # temperature tuned towards -D
     "SB3-SAC-ERA-target-D": (ERASAC, "-D"),  # floor at SAC's target: isolates the target's effect
-    "SB3-SAC-ERA-target-0": (ERASAC, "0"),  # a wide floor, near SAC's starting entropy
+    "SB3-SAC-ERA-target-0": (ERASAC, "0"),  # a wider floor, towards SAC's starting entropy
 }
 COLUMNS = ("step", "return_mean", "return_std", "time_s")
 
