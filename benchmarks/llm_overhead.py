@@ -44,7 +44,7 @@ import tyro
 from _measure import SMALL_MMAP_ENV, environment, peak_extra_bytes
 from trl.kernels import ChunkedLogProbFunction
 
-from era.llm.trl import era_lm_head
+from era.llm.head import era_lm_head
 from era.token import era_scales, response_entropy
 
 RESULTS = Path(__file__).parent / "results" / "llm_overhead.json"

@@ -79,7 +79,7 @@ def _more_sft(args: Args) -> None:
     """
     import torch
 
-    from era.llm.cli import TaskArgs
+    from era.llm.config import TaskArgs
     from era.llm.models import load_model
     from era.llm.sft import warm_start
 
@@ -98,7 +98,8 @@ def _run_dir(args: Args, era: bool, seed: int) -> Path:
 def _train_one(job: tuple[Args, bool, int]) -> str:
     import torch
 
-    from era.llm.cli import TrainConfig, train
+    from era.llm.config import TrainConfig
+    from era.llm.runner import train
 
     args, era, seed = job
     torch.set_num_threads(1)
@@ -147,7 +148,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _report(args: Args) -> dict:
-    from era.llm.cli import TaskArgs
+    from era.llm.config import TaskArgs
     from era.plotting import plot_curves
 
     _, held_out = TaskArgs().problems()
@@ -255,7 +256,8 @@ def _table(summary: dict, n: int) -> str:
 
 
 def main(args: Args) -> None:
-    from era.llm.cli import WarmStartConfig, warm_start
+    from era.llm.config import WarmStartConfig
+    from era.llm.runner import warm_start
     from era.runs import run_in_parallel
 
     if not args.report_only:

@@ -133,24 +133,34 @@ def test_eval_command_writes_json(init_dir, tmp_path):
         (["--num-generations", "1"], "num_generations must be >= 2"),
         (["--eval-problems", "50"], "eval_problems"),
         (["--steps", "0"], "steps must be >= 1"),
-        (["--resume"], "no checkpoint-N"),
+        (["--learning-rate", "nan"], "learning_rate must be finite and > 0"),
         (["--era-low", "2.0", "--era-high", "1.0"], "era_low < era_high"),
+        (["--era-k", "1.0"], "era_k must be finite and > 1"),
     ],
 )
-def test_bad_arguments_fail_early_with_a_clear_message(init_dir, tmp_path, args, message):
-    with pytest.raises(ValueError, match=message):
-        main(
-            [
-                "train",
-                "--model",
-                str(init_dir),
-                "--out-dir",
-                str(tmp_path / "x"),
-                *TASK,
-                *FAST,
-                *args,
-            ]
-        )
+def test_bad_numbers_are_refused_at_parse_time(tmp_path, capsys, args, message):
+    """Refused before any model is loaded (the model given here does not even exist)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "missing", "--out-dir", str(tmp_path / "x"), *TASK, *FAST, *args])
+    assert exit_info.value.code == 2
+    assert message in " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--samples", "0"], "samples must be >= 1"), (["--temperature", "0"], "temperature")],
+)
+def test_eval_numbers_are_refused_at_parse_time(capsys, args, message):
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", "missing", *TASK, *args])
+    assert message in " ".join(capsys.readouterr().err.replace("│", " ").split())
+
+
+def test_resume_without_a_checkpoint_is_refused(init_dir, tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint-N"):
+        main(["train", "--model", str(init_dir), "--out-dir", str(tmp_path / "x"), *TASK, *FAST,
+              "--resume"])  # fmt: skip
 
 
 def test_unknown_model_is_not_downloaded(tmp_path):
@@ -186,6 +196,7 @@ def test_tiny_model_is_built_and_warm_started_inside_the_run(tmp_path):
 def test_ctrl_c_saves_a_checkpoint_and_stops(init_dir, tmp_path, monkeypatch):
     import contextlib
 
+    import era.llm.runner
     import era.runs
 
     @contextlib.contextmanager
@@ -194,7 +205,7 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(init_dir, tmp_path, monkeypatch):
         flag.requested = True
         yield flag
 
-    monkeypatch.setattr(era.runs, "graceful_interrupt", interrupted_at_once)
+    monkeypatch.setattr(era.llm.runner, "graceful_interrupt", interrupted_at_once)
     out = tmp_path / "stopped"
     main(
         [

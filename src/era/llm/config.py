@@ -1,0 +1,202 @@
+"""The configurations of ``era llm warm-start | train | eval``; they double as the Python API.
+
+Each is validated when it is built (so at parse time on the command line): a bad value raises a
+``ValueError`` naming the field, its value and what is allowed. The runs themselves are in
+:mod:`era.llm.runner`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from era.llm.settings import ERASettings
+from era.llm.tasks import Grader
+
+DEFAULT_TASK_OPTIONS = {
+    "chain_sum": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2},
+}
+HELD_OUT_SEED_OFFSET = 10_000_019
+"""Held-out problems are drawn from ``data_seed`` plus this, then filtered against training."""
+
+
+def _at_least(config, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _positive(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+
+
+@dataclass
+class TaskArgs:
+    """Which problems to train and evaluate on."""
+
+    name: str = "chain_sum"
+    """reasoning-gym task (e.g. chain_sum, basic_arithmetic, gcd, products)."""
+    options: dict[str, int] | None = None
+    """The task's own config fields; default for chain_sum: two terms of 1-2 digits."""
+    grader: Grader = "reasoning-gym"
+    """reasoning-gym: the task's scorer; math-verify: symbolic equality of the answer."""
+    train_size: int = 8000
+    """Number of distinct training problems."""
+    held_out_size: int = 200
+    """Number of held-out problems (never seen in training) for accuracy and pass@k."""
+    data_seed: int = 0
+    """Seed of the problem generator (the same for every run seed, so runs share the data)."""
+
+    def __post_init__(self):
+        for name in ("train_size", "held_out_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
+
+    def problems(self) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """``(train, held_out)``: disjoint sets of problems, deterministic in the arguments."""
+        from era.llm.tasks import make_problems
+
+        options = DEFAULT_TASK_OPTIONS.get(self.name, {}) if self.options is None else self.options
+        train = make_problems(self.name, seed=self.data_seed, size=self.train_size, **options)
+        held_out = make_problems(
+            self.name,
+            seed=self.data_seed + HELD_OUT_SEED_OFFSET,
+            size=self.held_out_size,
+            exclude={p["question"] for p in train},
+            **options,
+        )
+        return train, held_out
+
+
+@dataclass
+class WarmStartConfig:
+    """Build the tiny model and its tokenizer, then train it briefly on (question, answer) pairs."""
+
+    out_dir: Path = Path("runs/llm/init")
+    """Where the model and tokenizer are saved (a Hugging Face checkpoint directory); the run's
+    config and versions go to out_dir/warm_start/."""
+    task: TaskArgs = field(default_factory=TaskArgs)
+    steps: int = 1000
+    """Supervised steps (0 keeps the random initialisation)."""
+    batch_size: int = 64
+    """Problems per step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (decays linearly to 0)."""
+    hidden_size: int = 128
+    """Width of the tiny transformer."""
+    layers: int = 2
+    """Depth of the tiny transformer."""
+    heads: int = 4
+    """Attention heads."""
+    vocab_size: int = 128
+    """Size of the tokenizer trained on the task's text (digits are always single tokens)."""
+    seed: int = 0
+    """Seed of the initialisation and batch order."""
+    eval_samples: int = 16
+    """Samples per held-out problem for the pass@k printed at the end."""
+
+    def __post_init__(self):
+        _at_least(self, 0, "steps")
+        _at_least(self, 1, "batch_size", "hidden_size", "layers", "heads", "eval_samples")
+        _at_least(self, 32, "vocab_size")
+        _positive(self, "lr")
+        if self.hidden_size % self.heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})"
+            )
+
+
+@dataclass
+class TrainConfig(ERASettings):
+    """GRPO (--no-era) or GRPO + ERA (--era) on a task, with held-out evaluations.
+
+    The ``--era-*`` fields are :class:`era.llm.settings.ERASettings`, shared with ``ERAGRPOConfig``.
+    """
+
+    out_dir: Path = Path("runs/llm/train")
+    """Run directory: config, metrics.csv, tb/, checkpoint-N/, final/."""
+    model: str = "tiny"
+    """'tiny' (built and warm-started in out_dir/init), 'smollm2', or a local checkpoint path."""
+    task: TaskArgs = field(default_factory=TaskArgs)
+    seed: int = 0
+    """Seed of sampling, shuffling and (for 'tiny') the initialisation."""
+    steps: int = 200
+    """Optimizer steps; each uses one fresh batch of rollouts (on-policy)."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate (constant)."""
+    prompts_per_step: int = 16
+    """Distinct problems per step."""
+    num_generations: int = 8
+    """Completions sampled per problem (the GRPO group)."""
+    max_completion_length: int = 8
+    """Longest completion in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    beta: float = 0.0
+    """KL coefficient against the initial model (0: no reference model, as in ERA's recipe)."""
+    era: bool = True
+    """Use ERA in the loss (--no-era: plain GRPO, the same trainer with the band switched off)."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory (worth it for real models on a GPU)."""
+    eval_every: int = 10
+    """Steps between held-out evaluations (one metrics.csv row each)."""
+    eval_problems: int = 100
+    """Held-out problems used by each evaluation during training."""
+    eval_samples: int = 16
+    """Samples per held-out problem (pass@k for k up to this)."""
+    save_every: int = 50
+    """Steps between checkpoints."""
+    resume: bool = False
+    """Continue from the last checkpoint-N in out_dir."""
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """Only for model='tiny': how the tiny model is built and warm-started."""
+
+    def __post_init__(self):
+        super().__post_init__()  # the ERA settings
+        _at_least(self, 1, "steps", "prompts_per_step", "max_completion_length", "eval_every",
+                  "eval_problems", "eval_samples", "save_every")  # fmt: skip
+        if self.num_generations < 2:
+            raise ValueError(
+                f"num_generations must be >= 2 (GRPO compares a group), got {self.num_generations}"
+            )
+        _positive(self, "learning_rate", "temperature")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be finite and >= 0, got {self.beta!r}")
+        if self.eval_problems > self.task.held_out_size:
+            raise ValueError(
+                f"eval_problems ({self.eval_problems}) must be <= task.held_out_size "
+                f"({self.task.held_out_size})"
+            )
+
+
+@dataclass
+class EvalConfig:
+    """Greedy accuracy and pass@k of a model on held-out problems or on CHAMP."""
+
+    model: str
+    """'smollm2' or a checkpoint directory (e.g. runs/llm/train/final)."""
+    problems: Literal["held-out", "champ"] = "held-out"
+    """held-out: the task's held-out set; champ: the 270 CHAMP problems (math-verify)."""
+    task: TaskArgs = field(default_factory=TaskArgs)
+    samples: int = 16
+    """Samples per problem; pass@k is reported for k = 1, 2, 4, ... up to this."""
+    temperature: float = 1.0
+    """Sampling temperature for pass@k (accuracy is always greedy)."""
+    max_new_tokens: int = 8
+    """Longest completion in tokens (raise it for chat models and CHAMP, e.g. 512)."""
+    limit: int | None = None
+    """Evaluate only the first N problems."""
+    seed: int = 0
+    """Seed of the sampling."""
+    out: Path | None = None
+    """Also write the results to this JSON file."""
+
+    def __post_init__(self):
+        _at_least(self, 1, "samples", "max_new_tokens", "limit")
+        _positive(self, "temperature")
