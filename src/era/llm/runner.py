@@ -124,6 +124,20 @@ def _load_policy(cfg: TrainConfig):
     return load_model(str(init))
 
 
+def _lora(cfg: TrainConfig):
+    """peft's LoRA config for ``cfg.lora_rank > 0`` (every linear layer but the LM head)."""
+    if not cfg.lora_rank:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
 def _trainer_config(cfg: TrainConfig) -> ERAGRPOConfig:
     era = cfg.era_settings()
     if not cfg.era:  # plain GRPO: the same trainer with an infinite band
@@ -258,6 +272,7 @@ def train(cfg: TrainConfig) -> Path:
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=[EvalCallback(cfg, held_out, logger, stop_flag, bar)],
+            peft_config=_lora(cfg),
         )
         trainer.remove_callback(PrinterCallback)
         try:
@@ -265,8 +280,14 @@ def train(cfg: TrainConfig) -> Path:
         finally:
             logger.close()
     if trainer.state.global_step >= cfg.steps:
-        trainer.save_model(str(cfg.out_dir / "final"))
-        tokenizer.save_pretrained(cfg.out_dir / "final")
+        final = cfg.out_dir / "final"
+        if cfg.lora_rank:  # a plain checkpoint, loadable without peft
+            merged = trainer.model.merge_and_unload()
+            if trainer.is_world_process_zero():
+                merged.save_pretrained(final)
+        else:
+            trainer.save_model(str(final))
+        tokenizer.save_pretrained(final)
         print(f"done: {cfg.out_dir / 'metrics.csv'}, final model in {cfg.out_dir / 'final'}")
     else:
         print(f"stopped at step {trainer.state.global_step}; continue with --resume")
