@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -139,17 +140,30 @@ def _lora(cfg: TrainConfig):
 
 
 def _trainer_config(cfg: TrainConfig) -> ERAGRPOConfig:
+    """TRL's config for ``cfg``; under torchrun / accelerate it joins the process group.
+
+    The global batch (``prompts_per_step × num_generations`` completions) is split evenly over the
+    processes, so a step sees the same rollouts' worth of data however many processes run it.
+    """
     era = cfg.era_settings()
     if not cfg.era:  # plain GRPO: the same trainer with an infinite band
         era.update(era_low=-math.inf, era_high=math.inf)
     batch = cfg.prompts_per_step * cfg.num_generations
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch % world:
+        raise ValueError(
+            f"{world} processes cannot split a batch of prompts_per_step × num_generations = "
+            f"{cfg.prompts_per_step} × {cfg.num_generations} = {batch} completions evenly: choose "
+            f"them so that {world} divides their product"
+        )
+    cpu = not torch.cuda.is_available()
     return ERAGRPOConfig(
         output_dir=str(cfg.out_dir),
         seed=cfg.seed,
         max_steps=cfg.steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="constant",
-        per_device_train_batch_size=batch,
+        per_device_train_batch_size=batch // world,
         gradient_accumulation_steps=1,
         steps_per_generation=1,
         num_generations=cfg.num_generations,
@@ -164,17 +178,21 @@ def _trainer_config(cfg: TrainConfig) -> ERAGRPOConfig:
         save_strategy="steps",
         report_to="none",
         disable_tqdm=True,
+        use_cpu=cpu,  # without it, transformers runs CPU processes as independent copies (gloo)
     )
 
 
 class EvalCallback(TrainerCallback):
     """Held-out evaluations, metrics.csv rows, progress, and Ctrl-C → save and stop.
 
-    Training metrics logged by TRL are averaged over the steps between two evaluations and written
-    with the evaluation as one metrics.csv row; every step also goes to TensorBoard.
+    Training metrics logged by TRL (already gathered over processes) are averaged over the steps
+    between two evaluations and written with the evaluation as one metrics.csv row; every step
+    also goes to TensorBoard. In a multi-process run only the main process (the one given a
+    ``logger``) evaluates and writes; a stop request on any process stops all of them at the
+    same step.
     """
 
-    def __init__(self, cfg: TrainConfig, held_out, logger: MetricLogger, stop_flag, bar):
+    def __init__(self, cfg: TrainConfig, held_out, logger: MetricLogger | None, stop_flag, bar):
         self.cfg, self.held_out, self.logger = cfg, held_out, logger
         self.stop_flag, self.bar = stop_flag, bar
         self.pending: dict[str, list[float]] = {}
@@ -203,6 +221,8 @@ class EvalCallback(TrainerCallback):
         return result
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
+        if self.logger is None:
+            return
         self.task = self.bar.add_task(
             "GRPO" + (" + ERA" if self.cfg.era else ""),
             total=self.cfg.steps,
@@ -214,7 +234,7 @@ class EvalCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, model=None, processing_class=None, **kw):
         logs = logs or {}
-        if "reward" not in logs:  # the end-of-training summary, not a step
+        if self.logger is None or "reward" not in logs:  # not main, or the end-of-training summary
             return
         step = state.global_step
         check_finite(step, loss=logs.get("loss", 0.0), reward=logs["reward"])
@@ -236,7 +256,12 @@ class EvalCallback(TrainerCallback):
             self.bar.console.log(f"step {step}: held-out " + _summary(result))
 
     def on_step_end(self, args, state, control, **kw):
-        if self.stop_flag.requested:
+        stop = self.stop_flag.requested
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor(float(stop), device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
             control.should_save = True
             control.should_training_stop = True
 
@@ -252,19 +277,24 @@ def train(cfg: TrainConfig) -> Path:
         )
     if cfg.resume and checkpoint is None:
         raise ValueError(f"--resume: no checkpoint-N in {cfg.out_dir} to resume from")
+    main = args.process_index == 0
     set_seed(cfg.seed)
     train_problems, held_out = cfg.task.problems()
-    model, tokenizer = _load_policy(cfg)
+    with args.main_process_first(desc="loading the policy"):  # 'tiny' is built by the main one
+        model, tokenizer = _load_policy(cfg)
     chat = bool(tokenizer.chat_template)
     dataset = Dataset.from_list(
         [{**p, "prompt": prompt(p["question"], chat=chat)} for p in train_problems]
     )
-    write_run_metadata(cfg.out_dir, cfg)
-    resume_step = None
-    if checkpoint is not None:
-        resume_step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
-    logger = MetricLogger(cfg.out_dir, resume_step=resume_step)
-    with graceful_interrupt() as stop_flag, progress_bar(unit="steps") as bar:
+    logger = None
+    if main:  # the only writer of the run folder; TRL's checkpoints handle processes themselves
+        write_run_metadata(cfg.out_dir, cfg)
+        resume_step = None
+        if checkpoint is not None:
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            resume_step = state["global_step"]
+        logger = MetricLogger(cfg.out_dir, resume_step=resume_step)
+    with graceful_interrupt() as stop_flag, progress_bar(unit="steps", disable=not main) as bar:
         trainer = ERAGRPOTrainer(
             model=model,
             reward_funcs=reward_function(cfg.task.grader),
@@ -278,18 +308,20 @@ def train(cfg: TrainConfig) -> Path:
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         finally:
-            logger.close()
+            if logger is not None:
+                logger.close()
     if trainer.state.global_step >= cfg.steps:
         final = cfg.out_dir / "final"
         if cfg.lora_rank:  # a plain checkpoint, loadable without peft
             merged = trainer.model.merge_and_unload()
-            if trainer.is_world_process_zero():
+            if main:
                 merged.save_pretrained(final)
         else:
             trainer.save_model(str(final))
-        tokenizer.save_pretrained(final)
-        print(f"done: {cfg.out_dir / 'metrics.csv'}, final model in {cfg.out_dir / 'final'}")
-    else:
+        if main:
+            tokenizer.save_pretrained(final)
+            print(f"done: {cfg.out_dir / 'metrics.csv'}, final model in {final}")
+    elif main:
         print(f"stopped at step {trainer.state.global_step}; continue with --resume")
     return cfg.out_dir
 
