@@ -108,7 +108,7 @@ def _train_one(job: tuple[Args, bool, int]) -> str:
         return f"{out}: done before"
     resume = any(out.glob("checkpoint-*"))
     cfg = TrainConfig(
-        out_dir=out,
+        out=out,
         model=str(_start(args)),
         seed=seed,
         steps=args.steps,
@@ -262,7 +262,7 @@ def main(args: Args) -> None:
 
     if not args.report_only:
         if not (args.init / "config.json").is_file():
-            warm_start(WarmStartConfig(out_dir=args.init, steps=args.warm_start_steps))
+            warm_start(WarmStartConfig(out=args.init, steps=args.warm_start_steps))
         if args.more_sft_steps and not (_start(args) / "config.json").is_file():
             _more_sft(args)
         jobs = [(args, era, seed) for seed in args.seeds for era in args.methods.values()]

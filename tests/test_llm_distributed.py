@@ -45,7 +45,7 @@ def test_a_batch_the_processes_cannot_split_is_refused_before_loading(tmp_path, 
     from era.llm.runner import train
 
     monkeypatch.setenv("WORLD_SIZE", "3")
-    cfg = TrainConfig(model="missing", out_dir=tmp_path / "x", prompts_per_step=2,
+    cfg = TrainConfig(model="missing", out=tmp_path / "x", prompts_per_step=2,
                       num_generations=4)  # fmt: skip
     with pytest.raises(ValueError, match="3 processes cannot split a batch of .* = 8 completions"):
         train(cfg)
@@ -68,7 +68,7 @@ def test_era_llm_train_under_torchrun_writes_one_run(tmp_path):
             "16", "--warm-start.layers", "1", "--warm-start.heads", "2",
             "--warm-start.vocab-size", "48"]  # fmt: skip
     run = torchrun(
-        2, "-m", "era.cli", "llm", "train", "--model", "tiny", "--out-dir", str(tmp_path / "run"),
+        2, "-m", "era.cli", "llm", "train", "--model", "tiny", "--out", str(tmp_path / "run"),
         "--steps", "2", "--eval-every", "1", "--save-every", "2", *tiny, "--task.train-size",
         "64", "--task.held-out-size", "8", "--prompts-per-step", "2", "--num-generations", "4",
         "--max-completion-length", "4", "--eval-problems", "4", "--eval-samples", "2",

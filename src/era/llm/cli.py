@@ -1,8 +1,8 @@
 """``era llm``: warm-start, train (GRPO with or without ERA) and evaluate language models.
 
-    era llm warm-start --out-dir runs/llm/init          # tiny model + tokenizer + supervised phase
-    era llm train --model runs/llm/init --out-dir runs/llm/era --era
-    era llm train --model runs/llm/init --out-dir runs/llm/grpo --no-era
+    era llm warm-start --out runs/llm/init          # tiny model + tokenizer + supervised phase
+    era llm train --model runs/llm/init --out runs/llm/era --era
+    era llm train --model runs/llm/init --out runs/llm/grpo --no-era
     era llm eval --model runs/llm/era/final
 
 The flags are the fields of :mod:`era.llm.config`; the runs are :mod:`era.llm.runner`.

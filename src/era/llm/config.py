@@ -14,26 +14,15 @@ from typing import Literal
 
 from era.llm.settings import ERASettings
 from era.llm.tasks import Grader
+from era.validation import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, check_ranges
 
 DEFAULT_TASK_OPTIONS = {
     "chain_sum": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2},
 }
+FINITE_POSITIVE = Range(0, math.inf, low_closed=False, high_closed=False)
+
 HELD_OUT_SEED_OFFSET = 10_000_019
 """Held-out problems are drawn from ``data_seed`` plus this, then filtered against training."""
-
-
-def _at_least(config, minimum: int, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if value is not None and value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-
-
-def _positive(config, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be finite and > 0, got {value!r}")
 
 
 @dataclass
@@ -54,9 +43,7 @@ class TaskArgs:
     """Seed of the problem generator (the same for every run seed, so runs share the data)."""
 
     def __post_init__(self):
-        for name in ("train_size", "held_out_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
+        check_ranges(self, "task.", {"train_size": AT_LEAST_1, "held_out_size": AT_LEAST_1})
 
     def problems(self) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         """``(train, held_out)``: disjoint sets of problems, deterministic in the arguments."""
@@ -78,9 +65,9 @@ class TaskArgs:
 class WarmStartConfig:
     """Build the tiny model and its tokenizer, then train it briefly on (question, answer) pairs."""
 
-    out_dir: Path = Path("runs/llm/init")
-    """Where the model and tokenizer are saved (a Hugging Face checkpoint directory); the run's
-    config and versions go to out_dir/warm_start/."""
+    out: Path = Path("runs/llm/init")
+    """Where the model and tokenizer are saved (a new Hugging Face checkpoint folder); the run's
+    config and versions go to out/warm_start/."""
     task: TaskArgs = field(default_factory=TaskArgs)
     steps: int = 1000
     """Supervised steps (0 keeps the random initialisation)."""
@@ -102,10 +89,9 @@ class WarmStartConfig:
     """Samples per held-out problem for the pass@k printed at the end."""
 
     def __post_init__(self):
-        _at_least(self, 0, "steps")
-        _at_least(self, 1, "batch_size", "hidden_size", "layers", "heads", "eval_samples")
-        _at_least(self, 32, "vocab_size")
-        _positive(self, "lr")
+        positive = ("batch_size", "hidden_size", "layers", "heads", "eval_samples")
+        check_ranges(self, "", {"steps": AT_LEAST_0, **dict.fromkeys(positive, AT_LEAST_1),
+                                "vocab_size": Range(32), "lr": POSITIVE})  # fmt: skip
         if self.hidden_size % self.heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})"
@@ -119,10 +105,10 @@ class TrainConfig(ERASettings):
     The ``--era-*`` fields are :class:`era.llm.settings.ERASettings`, shared with ``ERAGRPOConfig``.
     """
 
-    out_dir: Path = Path("runs/llm/train")
+    out: Path = Path("runs/llm/train")
     """Run directory: config, metrics.csv, tb/, checkpoint-N/, final/."""
     model: str = "tiny"
-    """'tiny' (built and warm-started in out_dir/init), 'smollm2', or a local checkpoint path."""
+    """'tiny' (built and warm-started in out/init), 'smollm2', or a local checkpoint path."""
     task: TaskArgs = field(default_factory=TaskArgs)
     seed: int = 0
     """Seed of sampling, shuffling and (for 'tiny') the initialisation."""
@@ -158,22 +144,21 @@ class TrainConfig(ERASettings):
     save_every: int = 50
     """Steps between checkpoints."""
     resume: bool = False
-    """Continue from the last checkpoint-N in out_dir."""
+    """Continue from the last checkpoint-N in out (with the same configuration)."""
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     """Only for model='tiny': how the tiny model is built and warm-started."""
 
     def __post_init__(self):
         super().__post_init__()  # the ERA settings
-        _at_least(self, 1, "steps", "prompts_per_step", "max_completion_length", "eval_every",
+        counts = ("steps", "prompts_per_step", "max_completion_length", "eval_every",
                   "eval_problems", "eval_samples", "save_every")  # fmt: skip
-        if self.num_generations < 2:
-            raise ValueError(
-                f"num_generations must be >= 2 (GRPO compares a group), got {self.num_generations}"
-            )
-        _at_least(self, 0, "lora_rank")
-        _positive(self, "learning_rate", "temperature", "lora_alpha")
-        if not (math.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"beta must be finite and >= 0, got {self.beta!r}")
+        check_ranges(self, "", {
+            **dict.fromkeys(counts, AT_LEAST_1),
+            "num_generations": Range(2),  # GRPO compares a group
+            "lora_rank": AT_LEAST_0,
+            **dict.fromkeys(("learning_rate", "temperature", "lora_alpha"), FINITE_POSITIVE),
+            "beta": Range(0, math.inf, high_closed=False),
+        })  # fmt: skip
         if self.eval_problems > self.task.held_out_size:
             raise ValueError(
                 f"eval_problems ({self.eval_problems}) must be <= task.held_out_size "
@@ -204,5 +189,8 @@ class EvalConfig:
     """Also write the results to this JSON file."""
 
     def __post_init__(self):
-        _at_least(self, 1, "samples", "max_new_tokens", "limit")
-        _positive(self, "temperature")
+        ranges = {"samples": AT_LEAST_1, "max_new_tokens": AT_LEAST_1}
+        ranges["temperature"] = FINITE_POSITIVE
+        if self.limit is not None:
+            ranges["limit"] = AT_LEAST_1
+        check_ranges(self, "", ranges)

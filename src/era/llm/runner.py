@@ -29,12 +29,20 @@ from era.llm.tasks import champ_problems, prompt, reward_function
 from era.llm.trl import ERAGRPOConfig, ERAGRPOTrainer
 from era.runs import (
     MetricLogger,
+    RunError,
     check_finite,
-    graceful_interrupt,
+    check_run,
+    open_run,
     progress_bar,
     set_seed,
+    stop_signals,
     write_run_metadata,
 )
+
+TRAIN_CHECKPOINTS = "checkpoint-*"
+"""TRL's checkpoint folders: what ``--resume`` continues from."""
+MAY_CHANGE = frozenset({"steps", "eval_every", "save_every"})
+"""Settings a resumed run may change: they do not change what the steps compute."""
 
 
 def _ks(samples: int) -> list[int]:
@@ -50,6 +58,9 @@ def _ks(samples: int) -> list[int]:
 
 def warm_start(cfg: WarmStartConfig) -> dict[str, float]:
     """Build, warm-start and save the tiny model; returns its held-out evaluation."""
+    check_run(cfg.out, cfg, resume=False)  # never replaces a model folder or any run
+    if cfg.out.is_dir() and any(cfg.out.iterdir()):
+        raise RunError(f"--out {cfg.out} is not empty: warm-start writes a new model folder there")
     set_seed(cfg.seed)
     train, held_out = cfg.task.problems()
     texts = [f"{p['question']} {p['answer']}" for p in train]
@@ -77,11 +88,11 @@ def warm_start(cfg: WarmStartConfig) -> dict[str, float]:
     )
     # The directory is a Hugging Face checkpoint, whose config.json is the model's: the run's own
     # config and versions go one level down.
-    write_run_metadata(cfg.out_dir / "warm_start", cfg)
-    model.save_pretrained(cfg.out_dir)
-    tokenizer.save_pretrained(cfg.out_dir)
-    (cfg.out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {cfg.out_dir}; held-out: " + _summary(result))
+    write_run_metadata(cfg.out / "warm_start", cfg)
+    model.save_pretrained(cfg.out)
+    tokenizer.save_pretrained(cfg.out)
+    (cfg.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {cfg.out}; held-out: " + _summary(result))
     return result
 
 
@@ -108,19 +119,17 @@ _TRAIN_METRICS = {
 """TRL / ERA log keys → metrics.csv columns (averaged over the steps between evaluations)."""
 
 
-def _last_checkpoint(out_dir: Path) -> Path | None:
-    return (
-        Path(found) if out_dir.is_dir() and (found := get_last_checkpoint(str(out_dir))) else None
-    )
+def _last_checkpoint(out: Path) -> Path | None:
+    return Path(found) if out.is_dir() and (found := get_last_checkpoint(str(out))) else None
 
 
 def _load_policy(cfg: TrainConfig):
-    """``(model, tokenizer)`` of the starting policy; 'tiny' is built once into out_dir/init."""
+    """``(model, tokenizer)`` of the starting policy; 'tiny' is built once into out/init."""
     if cfg.model != "tiny":
         return load_model(cfg.model)
-    init = cfg.out_dir / "init"
+    init = cfg.out / "init"
     if not (init / "config.json").is_file():
-        ws = dataclasses.replace(cfg.warm_start, out_dir=init, task=cfg.task, seed=cfg.seed)
+        ws = dataclasses.replace(cfg.warm_start, out=init, task=cfg.task, seed=cfg.seed)
         warm_start(ws)
     return load_model(str(init))
 
@@ -158,7 +167,7 @@ def _trainer_config(cfg: TrainConfig) -> ERAGRPOConfig:
         )
     cpu = not torch.cuda.is_available()
     return ERAGRPOConfig(
-        output_dir=str(cfg.out_dir),
+        output_dir=str(cfg.out),
         seed=cfg.seed,
         max_steps=cfg.steps,
         learning_rate=cfg.learning_rate,
@@ -268,15 +277,11 @@ class EvalCallback(TrainerCallback):
 
 def train(cfg: TrainConfig) -> Path:
     """Run GRPO (with ERA unless ``cfg.era`` is False); returns the run directory."""
-    args = _trainer_config(cfg)  # validates the TRL fields before anything is loaded
-    checkpoint = _last_checkpoint(cfg.out_dir)
-    if checkpoint is not None and not cfg.resume:
-        raise ValueError(
-            f"{cfg.out_dir} already holds {checkpoint.name}: pass --resume to continue "
-            "it, or choose another --out-dir"
-        )
-    if cfg.resume and checkpoint is None:
-        raise ValueError(f"--resume: no checkpoint-N in {cfg.out_dir} to resume from")
+    # Refuse a folder holding another run, a --resume without a checkpoint or with another
+    # configuration (era.runs' rules), on every process, before anything is loaded or written.
+    check_run(cfg.out, cfg, resume=cfg.resume, may_change=MAY_CHANGE, checkpoint=TRAIN_CHECKPOINTS)
+    args = _trainer_config(cfg)  # validates the TRL fields; joins the process group if any
+    checkpoint = _last_checkpoint(cfg.out) if cfg.resume else None
     main = args.process_index == 0
     set_seed(cfg.seed)
     train_problems, held_out = cfg.task.problems()
@@ -288,13 +293,17 @@ def train(cfg: TrainConfig) -> Path:
     )
     logger = None
     if main:  # the only writer of the run folder; TRL's checkpoints handle processes themselves
-        write_run_metadata(cfg.out_dir, cfg)
+        open_run(
+            cfg.out, cfg, resume=cfg.resume, may_change=MAY_CHANGE, checkpoint=TRAIN_CHECKPOINTS
+        )
         resume_step = None
         if checkpoint is not None:
             state = json.loads((checkpoint / "trainer_state.json").read_text())
             resume_step = state["global_step"]
-        logger = MetricLogger(cfg.out_dir, resume_step=resume_step)
-    with graceful_interrupt() as stop_flag, progress_bar(unit="steps", disable=not main) as bar:
+        logger = MetricLogger(cfg.out, resume_step=resume_step)
+    # A stop signal (Ctrl-C, SIGTERM) saves a checkpoint; leaving the block then raises
+    # era.runs.Interrupted, which `era` turns into exit status 130 / 143.
+    with stop_signals() as stop_flag, progress_bar(unit="steps", disable=not main) as bar:
         trainer = ERAGRPOTrainer(
             model=model,
             reward_funcs=reward_function(cfg.task.grader),
@@ -311,7 +320,7 @@ def train(cfg: TrainConfig) -> Path:
             if logger is not None:
                 logger.close()
     if trainer.state.global_step >= cfg.steps:
-        final = cfg.out_dir / "final"
+        final = cfg.out / "final"
         if cfg.lora_rank:  # a plain checkpoint, loadable without peft
             merged = trainer.model.merge_and_unload()
             if main:
@@ -320,10 +329,10 @@ def train(cfg: TrainConfig) -> Path:
             trainer.save_model(str(final))
         if main:
             tokenizer.save_pretrained(final)
-            print(f"done: {cfg.out_dir / 'metrics.csv'}, final model in {final}")
-    elif main:
+            print(f"done: {cfg.out / 'metrics.csv'}, final model in {final}")
+    elif main:  # stopped on another process's signal
         print(f"stopped at step {trainer.state.global_step}; continue with --resume")
-    return cfg.out_dir
+    return cfg.out
 
 
 # ---------------------------------------------------------------------------------------------
