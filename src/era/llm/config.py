@@ -102,7 +102,7 @@ class WarmStartConfig:
 class TrainConfig(ERASettings):
     """GRPO (--no-era) or GRPO + ERA (--era) on a task, with held-out evaluations.
 
-    The ``--era-*`` fields are :class:`era.llm.settings.ERASettings`, shared with ``ERAGRPOConfig``.
+    The --era-* flags are the fields of era.llm.settings.ERASettings, as in ERAGRPOConfig.
     """
 
     out: Path = Path("runs/llm/train")
