@@ -166,7 +166,8 @@ def test_era_scales_band_edges_and_disabling():
     # The band is closed: entropies exactly at low or high are in band.
     assert era_scales(h[:2], adv[:2])[0].tolist() == [1.0, 1.0]
     assert era_scales(h, adv, low=-math.inf, high=math.inf)[0].tolist() == [1.0] * 4
-    assert era_scales(h, adv, k=1.0)[0].tolist() == [1.0] * 4
+    with pytest.raises(ValueError, match="k must be finite and > 1"):  # off is an infinite band
+        era_scales(h, adv, k=1.0)
     assert era_scales(h, adv, low=-math.inf)[0].tolist() == [1.0, 1.0, 1.0, 0.5]
 
 

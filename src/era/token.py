@@ -7,6 +7,7 @@ by ``k`` to match. Everything here is a pure tensor function:
 
 * :func:`token_entropy` — entropy of each position's next-token distribution;
 * :func:`response_entropy` — a response's entropy: the mean of its top 20% token entropies;
+* :func:`band_side` — where a response's entropy lies against the band (below, inside, above);
 * :func:`era_scales` — the per-response (or per-token) logit and advantage scales;
 * :func:`token_logprobs` / :func:`token_logprobs_and_entropy` — log-probs of the sampled tokens
   under a per-row temperature, optionally renormalised over the top-k logits.
@@ -29,6 +30,26 @@ from torch.autograd.function import once_differentiable
 
 OUTSIDE_TOP_K_LOGPROB = -1e4
 """Log-prob given to a label outside the top-k logits (a constant, so it carries no gradient)."""
+
+BAND_LOW, BAND_HIGH, BAND_K = 0.45, 3.0, 2.0
+"""The paper's response-entropy band (nats) and logit scale: the one home of these defaults."""
+
+BELOW, INSIDE, ABOVE = -1, 0, 1
+"""Values of :func:`band_side`."""
+
+
+def check_band(low: float, high: float, k: float, prefix: str = "") -> None:
+    """The one validator of ERA's band: ``low < high`` (infinities allowed) and finite ``k > 1``.
+
+    ``prefix`` names the arguments as the caller spells them (e.g. ``"era_"``).
+    """
+    if math.isnan(low) or math.isnan(high) or low >= high:
+        raise ValueError(
+            f"need {prefix}low < {prefix}high (infinities allowed), got {prefix}low={low!r}, "
+            f"{prefix}high={high!r}"
+        )
+    if not (math.isfinite(k) and k > 1):
+        raise ValueError(f"{prefix}k must be finite and > 1, got {k!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,13 +309,21 @@ def response_entropy(entropy: Tensor, mask: Tensor, top_fraction: float = 0.2) -
     return torch.where(length > 0, mean, torch.zeros_like(mean))
 
 
+def band_side(response_entropy: Tensor, low: float, high: float) -> Tensor:
+    """int8 per response: :data:`BELOW` (entropy < ``low``), :data:`ABOVE` (> ``high``) or
+    :data:`INSIDE`. ``low = -inf`` / ``high = inf`` disables a side."""
+    side = torch.zeros(response_entropy.shape, dtype=torch.int8, device=response_entropy.device)
+    side = side.masked_fill(response_entropy < low, BELOW)
+    return side.masked_fill(response_entropy > high, ABOVE)
+
+
 def era_scales(
     response_entropy: Tensor,
     advantages: Tensor,
     *,
-    low: float = 0.45,
-    high: float = 3.0,
-    k: float = 2.0,
+    low: float = BAND_LOW,
+    high: float = BAND_HIGH,
+    k: float = BAND_K,
 ) -> tuple[Tensor, Tensor]:
     """ERA's logit and advantage scales, each shaped like ``advantages``.
 
@@ -302,13 +331,10 @@ def era_scales(
     token). Where ``A > 0`` the logits are multiplied by ``k`` if the response entropy is below
     ``low`` (the update then pushes entropy up) and by ``1/k`` if it is above ``high`` (pushes it
     down); elsewhere, and wherever ``A <= 0``, the scale is 1. The advantage scale is the inverse,
-    ``A' = A / logit_scale``, which keeps the update's size comparable. ``k = 1`` turns ERA off;
-    ``low = -inf`` or ``high = inf`` disables one side of the band.
+    ``A' = A / logit_scale``, which keeps the update's size comparable. ``low = -inf`` and
+    ``high = inf`` turn ERA off (one of them disables one side of the band).
     """
-    if not (math.isfinite(k) and k >= 1.0):
-        raise ValueError(f"k must be finite and >= 1, got {k!r}")
-    if math.isnan(low) or math.isnan(high) or low > high:
-        raise ValueError(f"need low <= high (infinities allowed), got low={low!r}, high={high!r}")
+    check_band(low, high, k)
     if response_entropy.dim() != 1 or advantages.dim() not in (1, 2):
         raise ValueError(
             f"response_entropy must be [B] and advantages [B] or [B, T], got "
@@ -323,12 +349,13 @@ def era_scales(
     for name, x in (("response_entropy", response_entropy), ("advantages", advantages)):
         if not torch.compiler.is_compiling() and bool(torch.isnan(x).any()):
             raise ValueError(f"{name} contains NaN; ERA's band decision needs numbers")
-    h = response_entropy if advantages.dim() == 1 else response_entropy[:, None]
+    side = band_side(response_entropy, low, high)
+    side = side if advantages.dim() == 1 else side[:, None]
     dtype = advantages.dtype if advantages.is_floating_point() else torch.float32
-    positive = advantages > 0
     logit_scale = torch.ones(advantages.shape, dtype=dtype, device=advantages.device)
-    logit_scale = torch.where(positive & (h < low), k, logit_scale)
-    logit_scale = torch.where(positive & (h > high), 1.0 / k, logit_scale)
+    positive = advantages > 0
+    logit_scale = logit_scale.masked_fill(positive & (side == BELOW), k)
+    logit_scale = logit_scale.masked_fill(positive & (side == ABOVE), 1.0 / k)
     return logit_scale, 1.0 / logit_scale
 
 

@@ -8,6 +8,7 @@ only the model is replaced by random float64 logits.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -205,8 +206,9 @@ def test_settings_arrive_through_hydra_target():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"era_k": 0.5}, "era_k must be finite and >= 1, got 0.5"),
-        ({"era_low": 3.0, "era_high": 1.0}, "need era_low <= era_high"),
+        ({"era_k": 0.5}, "era_k must be finite and > 1, got 0.5"),
+        ({"era_k": 1.0}, "era_k must be finite and > 1, got 1.0"),
+        ({"era_low": 3.0, "era_high": 1.0}, "need era_low < era_high"),
         ({"era_top_fraction": 0.0}, r"era_top_fraction must be in \(0, 1\], got 0.0"),
         ({"loss_mode": "vanilla"}, "needs loss_mode='era', got 'vanilla'"),
     ],
@@ -240,7 +242,8 @@ def test_update_pass_scales_and_logprobs_equal_era_token(layout, bucket):
 def test_old_logprob_pass_is_verls_unmodified_policy():
     data, logits, pieces = _micro_batch()
     output = _forward(_engine(), data, logits, None)  # compute_log_prob passes no loss
-    _, _, _, logp = _reference(logits, pieces, {**SETTINGS, "k": 1.0})  # k = 1: no scaling
+    no_band = {**SETTINGS, "low": -math.inf, "high": math.inf}  # no scaling anywhere
+    _, _, _, logp = _reference(logits, pieces, no_band)
     log_probs = no_padding_2_padding(output["log_probs"], data)
     mask = pieces.response_mask
     torch.testing.assert_close(log_probs[mask], logp[mask], rtol=0, atol=1e-12)
@@ -265,11 +268,10 @@ def _with_old_logprobs(seed, layout="padded"):
 
 
 def test_era_off_equals_plain_verl():
-    """k = 1: the ERA engine and loss reproduce verl's stock engine and vanilla PPO loss."""
+    """An infinite band: the ERA engine and loss reproduce verl's stock engine and vanilla PPO."""
     data, logits, _, _ = _with_old_logprobs(seed=2)
-    era_loss, era_grad, _ = _loss_and_grad(
-        _engine(), data, logits, _actor_config(**{**_config_settings(), "era_k": 1.0})
-    )
+    off = {**_config_settings(), "era_low": -math.inf, "era_high": math.inf}
+    era_loss, era_grad, _ = _loss_and_grad(_engine(), data, logits, _actor_config(**off))
     plain = _actor_config(policy_loss=PolicyLossConfig(loss_mode="vanilla"))
     plain_loss, plain_grad, _ = _loss_and_grad(_engine(), data, logits, plain)
     torch.testing.assert_close(era_loss, plain_loss, rtol=0, atol=1e-12)

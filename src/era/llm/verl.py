@@ -28,7 +28,6 @@ into its loss function.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +41,16 @@ from verl.workers.engine import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.padding import no_padding_2_padding
 
-from era.token import era_scales, response_entropy, token_entropy, token_logprobs
+from era.token import (
+    BAND_HIGH,
+    BAND_K,
+    BAND_LOW,
+    check_band,
+    era_scales,
+    response_entropy,
+    token_entropy,
+    token_logprobs,
+)
 
 LOSS_MODE = "era"
 """The policy loss name: ``actor_rollout_ref.actor.policy_loss.loss_mode=era``."""
@@ -60,12 +68,12 @@ class ERAPolicyLossConfig(PolicyLossConfig):
     """verl's policy-loss config plus ERA's band (Hydra ``_target_`` of ``actor.policy_loss``)."""
 
     loss_mode: str = LOSS_MODE
-    era_low: float = 0.45
+    era_low: float = BAND_LOW
     """Lower edge of the response-entropy band (nats): below it, logits ×k where A > 0."""
-    era_high: float = 3.0
+    era_high: float = BAND_HIGH
     """Upper edge of the band (nats): above it, logits ÷k where A > 0."""
-    era_k: float = 2.0
-    """Logit scale factor k >= 1 (1 turns ERA off)."""
+    era_k: float = BAND_K
+    """Logit scale factor k > 1 (era_low=-inf, era_high=inf turn ERA off)."""
     era_top_fraction: float = 0.2
     """A response's entropy is the mean of its top ``max(1, floor(f·L))`` token entropies."""
 
@@ -74,13 +82,7 @@ class ERAPolicyLossConfig(PolicyLossConfig):
             raise ValueError(
                 f"ERAPolicyLossConfig needs loss_mode={LOSS_MODE!r}, got {self.loss_mode!r}"
             )
-        if not (math.isfinite(self.era_k) and self.era_k >= 1.0):
-            raise ValueError(f"era_k must be finite and >= 1, got {self.era_k!r}")
-        if math.isnan(self.era_low) or math.isnan(self.era_high) or self.era_low > self.era_high:
-            raise ValueError(
-                f"need era_low <= era_high, got era_low={self.era_low!r}, "
-                f"era_high={self.era_high!r}"
-            )
+        check_band(self.era_low, self.era_high, self.era_k, prefix="era_")
         if not 0.0 < self.era_top_fraction <= 1.0:
             raise ValueError(f"era_top_fraction must be in (0, 1], got {self.era_top_fraction!r}")
 
