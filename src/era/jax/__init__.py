@@ -1,0 +1,11 @@
+"""ERA's three activations in JAX, with Flax (``flax.linen``) modules: ``pip install era-activation[jax]``.
+
+Pure ``jax.numpy`` functions, safe under ``jit``, ``vmap`` and ``grad``, with the torch API's
+names: :func:`lambertw_m1`, :func:`softmax_era` / :class:`SoftmaxERA` (docs/activations.md §2),
+:func:`gaussian_era` / :class:`GaussianERA` and the bounded distributions (§1), and the token
+functions (§3). See docs/jax.md.
+"""
+
+from era.jax.softmax import SoftmaxERA, feasible_min_entropy, lambertw_m1, softmax_era
+
+__all__ = ["SoftmaxERA", "feasible_min_entropy", "lambertw_m1", "softmax_era"]
