@@ -6,6 +6,19 @@ names: :func:`lambertw_m1`, :func:`softmax_era` / :class:`SoftmaxERA` (docs/acti
 functions (§3). See docs/jax.md.
 """
 
+from era.jax.distributions import Normal, TanhNormal, TruncatedNormal
+from era.jax.gaussian import ERADistribution, GaussianERA, gaussian_era
 from era.jax.softmax import SoftmaxERA, feasible_min_entropy, lambertw_m1, softmax_era
 
-__all__ = ["SoftmaxERA", "feasible_min_entropy", "lambertw_m1", "softmax_era"]
+__all__ = [
+    "ERADistribution",
+    "GaussianERA",
+    "Normal",
+    "SoftmaxERA",
+    "TanhNormal",
+    "TruncatedNormal",
+    "feasible_min_entropy",
+    "gaussian_era",
+    "lambertw_m1",
+    "softmax_era",
+]
