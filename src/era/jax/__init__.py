@@ -9,6 +9,13 @@ functions (§3). See docs/jax.md.
 from era.jax.distributions import Normal, TanhNormal, TruncatedNormal
 from era.jax.gaussian import ERADistribution, GaussianERA, gaussian_era
 from era.jax.softmax import SoftmaxERA, feasible_min_entropy, lambertw_m1, softmax_era
+from era.jax.token import (
+    era_scales,
+    response_entropy,
+    token_entropy,
+    token_logprobs,
+    token_logprobs_and_entropy,
+)
 
 __all__ = [
     "ERADistribution",
@@ -21,4 +28,9 @@ __all__ = [
     "gaussian_era",
     "lambertw_m1",
     "softmax_era",
+    "era_scales",
+    "response_entropy",
+    "token_entropy",
+    "token_logprobs",
+    "token_logprobs_and_entropy",
 ]
