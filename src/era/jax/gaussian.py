@@ -212,24 +212,32 @@ def gaussian_era(
     mean, pre_std = _check_inputs(mean, pre_std, None)
     d = mean.shape[-1]
     target = _check_config(d, target_entropy, bound, mode, low, high, log_std_min, log_std_max)
-    log_w = jax.nn.log_softmax(pre_std, axis=-1)
-    unreachable = jnp.zeros(mean.shape[:-1], bool)
+    config = (target, bound, mode, float(low), float(high), float(log_std_min), float(log_std_max))
+    loc, log_std, unreachable = _policy_parameters(mean, pre_std, delta, *config)
     if bound == "truncated":
-        half = 0.5 * (high - low)
-        loc = (low + half) + half * jnp.tanh(mean)
-        if mode == "exact":
-            log_std = _exact_log_std(loc, log_w, target, low, high, log_std_min, log_std_max)
-            unreachable = _unreachable(loc, target, low, high, log_std_max)
-        else:
-            log_std = _gaussian_log_std(log_w, target, delta, log_std_min, log_std_max)
         base = TruncatedNormal(loc, jnp.exp(log_std), low, high)
     elif bound == "tanh":
-        log_std = _gaussian_log_std(log_w, target, delta, log_std_min, log_std_max)
-        base = TanhNormal(mean, jnp.exp(log_std), low, high)
+        base = TanhNormal(loc, jnp.exp(log_std), low, high)
     else:
-        log_std = _gaussian_log_std(log_w, target, delta, log_std_min, log_std_max)
-        base = Normal(mean, jnp.exp(log_std))
+        base = Normal(loc, jnp.exp(log_std))
     return ERADistribution(base, unreachable)
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(3, 10)))
+def _policy_parameters(mean, pre_std, delta, target, bound, mode, low, high, l_min, l_max):
+    """(loc, log_std, unreachable); compiled once per shape, dtype and configuration."""
+    log_w = jax.nn.log_softmax(pre_std, axis=-1)
+    unreachable = jnp.zeros(mean.shape[:-1], bool)
+    if mode == "exact":
+        delta = 0.0  # delta belongs to delta mode only
+    if bound != "truncated":
+        return mean, _gaussian_log_std(log_w, target, delta, l_min, l_max), unreachable
+    half = 0.5 * (high - low)
+    loc = (low + half) + half * jnp.tanh(mean)
+    if mode == "delta":
+        return loc, _gaussian_log_std(log_w, target, delta, l_min, l_max), unreachable
+    log_std = _exact_log_std(loc, log_w, target, low, high, l_min, l_max)
+    return loc, log_std, _unreachable(loc, target, low, high, l_max)
 
 
 def _gaussian_log_std(log_w, target, delta, l_min, l_max):

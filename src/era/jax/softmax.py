@@ -45,6 +45,13 @@ _HALLEY_STEPS = {"float32": 1, "float64": 2}  # from a 0.16% guess; each step cu
 _SERIES_UP_TO = 3.0  # below this s the series guess is the closer one (both within 0.16%)
 
 
+def _plus_inv_e(x: jax.Array) -> jax.Array:
+    """``x + 1/e`` as ``(x + hi) + lo``; the barrier stops XLA from folding the two constants
+    into one (``x + (hi + lo)``), which would lose the digits the split is there to keep."""
+    hi, lo = _INV_E[x.dtype.name]
+    return jax.lax.optimization_barrier(x + hi) + lo
+
+
 def _compute_dtype(dtype) -> jnp.dtype:
     """float64 stays float64; every other floating dtype is computed in float32."""
     return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
@@ -59,9 +66,8 @@ def _lambertw_m1_core(x: jax.Array) -> jax.Array:
     then a fixed number of Halley steps (one for float32, two for float64).
     """
     name = x.dtype.name
-    hi, lo = _INV_E[name]
     tiny = jnp.finfo(x.dtype).tiny
-    near = jnp.log1p(-math.e * jnp.clip((x + hi) + lo, 0, 0.2))  # −s from the exact x + 1/e
+    near = jnp.log1p(-math.e * jnp.clip(_plus_inv_e(x), 0, 0.2))  # −s from the exact x + 1/e
     far = 1 + jnp.log(-x)  # −s from log(−x): near the branch point it would cancel
     s = jnp.maximum(-jnp.where(x < -0.25, near, far), tiny)  # tiny keeps q finite at s = 0
 
@@ -89,9 +95,8 @@ def _lambertw_m1_slope(x: jax.Array, w: jax.Array) -> jax.Array:
 
 @jax.custom_jvp
 def _lambertw_m1(x: jax.Array) -> jax.Array:
-    hi, lo = _INV_E[x.dtype.name]
     tolerance = jnp.finfo(x.dtype).eps  # the rounded −1/e may fall just below −1/e
-    in_domain = ((x + hi) + lo >= -tolerance * hi) & (x <= 0)
+    in_domain = (_plus_inv_e(x) >= -tolerance * _INV_E[x.dtype.name][0]) & (x <= 0)
     w = jnp.where(x == 0, -jnp.inf, _lambertw_m1_core(x))
     return jnp.where(in_domain | jnp.isnan(x), w, jnp.nan)
 
@@ -117,6 +122,11 @@ def lambertw_m1(x: jax.Array) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"lambertw_m1 needs a floating-point array, got dtype {x.dtype}")
+    return _lambertw_m1_cast(x)
+
+
+@jax.jit
+def _lambertw_m1_cast(x: jax.Array) -> jax.Array:
     return _lambertw_m1(x.astype(_compute_dtype(x.dtype))).astype(x.dtype)
 
 
@@ -151,20 +161,28 @@ def _era_from_probs(p: jax.Array, slope: float, offset: float, inverse: str) -> 
     return -1 - jnp.sqrt(2 * u) - 0.75 * u
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _era_logits(logits, slope: float, offset: float, inverse: str, axis: int) -> jax.Array:
+    """Compiled once per shape, dtype and constants, so that eager calls run as one program."""
+    p = jax.nn.softmax(logits.astype(_compute_dtype(logits.dtype)), axis=axis)
+    return _era_from_probs(p, slope, offset, inverse).astype(logits.dtype)
+
+
 def _softmax_era(logits, shares: tuple, inverse: str, axis: int) -> jax.Array:
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"logits must be a floating-point array, got dtype {logits.dtype}")
     _, slope, offset = shares
-    p = jax.nn.softmax(logits.astype(_compute_dtype(logits.dtype)), axis=axis)
-    # NaN in p marks a row with a NaN or +inf logit, or with every logit -inf: no distribution.
-    if not isinstance(p, jax.core.Tracer) and bool(jnp.isnan(p).any()):
-        rows = int(jnp.isnan(p).any(axis).sum())
+    out = _era_logits(logits, slope, offset, inverse, axis % logits.ndim)
+    # NaN marks a row with a NaN or +inf logit, or with every logit -inf: no distribution (ERA
+    # logits of a distribution are finite). Only checkable on concrete arrays, not under jit.
+    if not isinstance(out, jax.core.Tracer) and bool(jnp.isnan(out).any()):
+        rows = int(jnp.isnan(out).any(axis).sum())
         raise ValueError(
             f"logits has {rows} row(s) without a distribution: a NaN or +inf entry, or every "
             "entry -inf; ERA needs finite logits (-inf is allowed: a class with probability 0)"
         )
-    return _era_from_probs(p, slope, offset, inverse).astype(logits.dtype)
+    return out
 
 
 def softmax_era(

@@ -13,6 +13,7 @@ inside ``jit`` they are skipped and a bad row comes out NaN.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -54,6 +55,7 @@ def _check_rows(values, what: str) -> None:
         )
 
 
+@jax.jit
 def _entropy(z) -> jax.Array:
     """Entropy of softmax(z) over the last axis; log-probs are clamped to the dtype's most
     negative finite value so that a masked (-inf) token contributes 0·finite = 0, not NaN."""
@@ -162,6 +164,12 @@ def _logprobs(logits, labels, scale, top_k):
             ) from None
         if _concrete(scale) and not bool((jnp.isfinite(scale) & (scale > 0)).all()):
             raise ValueError("scale must be finite and > 0 everywhere")
+    return _scaled_logprobs(z, labels, scale, top_k)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _scaled_logprobs(z, labels, scale, top_k):
+    if scale is not None:
         # a fixed temperature per row: no gradient, as in the torch version
         z = z * jax.lax.stop_gradient(scale)[..., None]
     z_label = jnp.take_along_axis(z, labels[..., None], axis=-1)[..., 0]
