@@ -138,6 +138,8 @@ def _check_config(action_dim, target_entropy, bound, mode, low, high, log_std_mi
             f"need log_std_min < log_std_max, got log_std_min={log_std_min!r}, "
             f"log_std_max={log_std_max!r}"
         )
+    if isinstance(target_entropy, jax.core.Tracer):
+        return target_entropy  # a traced target (a schedule): no value to check
     target = -0.5 * action_dim if target_entropy is None else float(target_entropy)
     lowest, highest, strict = feasible_range(action_dim, bound, low, high, log_std_min, log_std_max)
     if not (
@@ -205,15 +207,16 @@ def gaussian_era(
     ``-D/2``): :class:`era.gaussian.GaussianERA`'s forward pass as a function.
 
     ``mean`` and ``pre_std`` are ``[..., D]``; the other arguments are Python numbers and
-    strings, checked on every call, except ``delta`` (delta mode: the Gaussian's target is
-    ``target_entropy + max(delta, 0)``), which may be a traced scalar. Non-finite inputs raise
+    strings, checked on every call, except two that may be traced scalars: ``target_entropy``
+    (a schedule; compiled code is reused across values, and a traced value is not range-checked)
+    and ``delta`` (delta mode: the Gaussian's target is ``target_entropy + max(delta, 0)``). Non-finite inputs raise
     when the arrays are concrete; under ``jit`` they give NaN scales, never a silent sigma_max.
     """
     mean, pre_std = _check_inputs(mean, pre_std, None)
     d = mean.shape[-1]
     target = _check_config(d, target_entropy, bound, mode, low, high, log_std_min, log_std_max)
-    config = (target, bound, mode, float(low), float(high), float(log_std_min), float(log_std_max))
-    loc, log_std, unreachable = _policy_parameters(mean, pre_std, delta, *config)
+    config = (bound, mode, float(low), float(high), float(log_std_min), float(log_std_max))
+    loc, log_std, unreachable = _policy_parameters(mean, pre_std, target, delta, *config)
     if bound == "truncated":
         base = TruncatedNormal(loc, jnp.exp(log_std), low, high)
     elif bound == "tanh":
@@ -223,9 +226,11 @@ def gaussian_era(
     return ERADistribution(base, unreachable)
 
 
-@functools.partial(jax.jit, static_argnums=tuple(range(3, 10)))
-def _policy_parameters(mean, pre_std, delta, target, bound, mode, low, high, l_min, l_max):
-    """(loc, log_std, unreachable); compiled once per shape, dtype and configuration."""
+@functools.partial(jax.jit, static_argnums=tuple(range(4, 10)))
+def _policy_parameters(mean, pre_std, target, delta, bound, mode, low, high, l_min, l_max):
+    """(loc, log_std, unreachable); compiled once per shape, dtype and configuration (the
+    target is traced: a schedule of targets needs no recompilation)."""
+    target = jnp.asarray(target, mean.dtype)
     log_w = jax.nn.log_softmax(pre_std, axis=-1)
     unreachable = jnp.zeros(mean.shape[:-1], bool)
     if mode == "exact":
@@ -260,7 +265,7 @@ def _unreachable(loc, target, low, high, l_max):
     return jax.lax.stop_gradient(h_max.sum(-1) < target)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _exact_log_std(loc, log_w, target, low, high, l_min, l_max):
     """Per-state log-stds whose truncated-normal entropies sum exactly to the target.
 
@@ -297,7 +302,7 @@ def _exact_solve(loc, log_w, target, low, high, l_min, l_max):
     inv_slope = jnp.where(interior, 1 / slope, 0)
     d_goal = jnp.where(capped, dh_min, dh_max)  # d(own entropy goal)/d(loc)
     coupled = reachable[..., None].astype(loc.dtype)  # the budget is clamped at 0 otherwise
-    residuals = (inv_slope, d_loc, d_goal, share, rest * coupled, coupled)
+    residuals = (inv_slope, d_loc, d_goal, share, rest * coupled, coupled, target)
     return jnp.where(log_std >= l_top, l_max, log_std), residuals
 
 
@@ -305,17 +310,20 @@ def _exact_fwd(loc, log_w, target, low, high, l_min, l_max):
     return _exact_solve(loc, log_w, target, low, high, l_min, l_max)
 
 
-def _exact_bwd(target, low, high, l_min, l_max, residuals, g):
+def _exact_bwd(low, high, l_min, l_max, residuals, g):
     """Vector-Jacobian product by the implicit function theorem.
 
     Each log_std_i solves H(loc_i, log_std_i) = h_i, h_i = h_max_i - rest * share_i (uncapped)
     or h_min_i (capped). With v_i = g_i / (dH/dlog_std) and v_bar = sum_i share_i v_i:
-    dL/dloc_i = (v_i - v_bar) dh_edge_i/dloc - v_i dH/dloc, dL/dlog_w_i = -rest share_i (v_i - v_bar).
+    dL/dloc_i = (v_i - v_bar) dh_edge_i/dloc - v_i dH/dloc, dL/dlog_w_i = -rest share_i (v_i - v_bar)
+    and, since rest falls by what the target rises, dL/dtarget = v_bar (summed over states).
     """
-    inv_slope, d_loc, d_goal, share, rest, coupled = residuals
+    inv_slope, d_loc, d_goal, share, rest, coupled, target = residuals
     v = g * inv_slope
-    gap = v - (share * v).sum(-1, keepdims=True) * coupled
-    return d_goal * gap - v * d_loc, -rest * share * gap
+    v_bar = (share * v).sum(-1, keepdims=True) * coupled
+    gap = v - v_bar
+    grad_target = jnp.broadcast_to(v_bar.sum(), target.shape).astype(target.dtype)
+    return d_goal * gap - v * d_loc, -rest * share * gap, grad_target
 
 
 _exact_log_std.defvjp(_exact_fwd, _exact_bwd)
