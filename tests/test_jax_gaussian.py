@@ -79,11 +79,24 @@ _log_std_loc_vjp = jax.jit(_log_std_loc_vjp, static_argnums=(4, 5, 6))
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("bound", "mode"), CASES)
-@pytest.mark.parametrize(("dim", "target"), [(1, -0.5), (6, -3.0), (6, 3.6)])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    ("bound", "mode", "dim", "target"),
+    [
+        ("truncated", "exact", 6, -3.0),
+        ("truncated", "delta", 6, -3.0),
+        ("none", "exact", 6, -3.0),
+        ("tanh", "delta", 6, -3.0),
+        pytest.param("truncated", "exact", 1, -0.5, marks=SLOW),
+        pytest.param("truncated", "exact", 6, 3.6, marks=SLOW),
+        pytest.param("truncated", "delta", 6, 3.6, marks=SLOW),
+        pytest.param("none", "exact", 1, -0.5, marks=SLOW),
+        pytest.param("tanh", "delta", 1, -0.5, marks=SLOW),
+    ],
+)
 def test_gaussian_era_matches_torch(dtype, bound, mode, dim, target):
-    if bound != "truncated" and target > 0:
-        pytest.skip("above the default range's uniform entropy only the bounded policy is asked")
     eps = np.finfo(dtype).eps
     mean, pre_std = adversarial_inputs(dim, dtype=dtype)
     rng = np.random.default_rng(1)
@@ -153,8 +166,18 @@ def test_distributions_match_torch(dtype):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dim", [1, 6, 21])
-@pytest.mark.parametrize("per_dim", [-3.5, -0.5, math.log(2) - 1e-3])
+@pytest.mark.parametrize(
+    ("dim", "per_dim"),
+    [
+        (6, -3.5),
+        (6, math.log(2) - 1e-3),
+        pytest.param(6, -0.5, marks=SLOW),
+        pytest.param(1, -3.5, marks=SLOW),
+        pytest.param(1, math.log(2) - 1e-3, marks=SLOW),
+        pytest.param(21, -0.5, marks=SLOW),
+        pytest.param(21, math.log(2) - 1e-3, marks=SLOW),
+    ],
+)
 def test_exact_entropy_is_the_target_on_adversarial_inputs(dtype, dim, per_dim):
     target = per_dim * dim
     mean, pre_std = adversarial_inputs(dim, dtype=dtype)
@@ -232,7 +255,9 @@ def test_adversary_cannot_push_entropy_below_target():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("bound", "mode"), [("truncated", "exact"), ("tanh", "delta")])
+@pytest.mark.parametrize(
+    ("bound", "mode"), [("truncated", "exact"), pytest.param("tanh", "delta", marks=SLOW)]
+)
 def test_samples_log_probs_and_jit_vmap_grad(bound, mode):
     key = jax.random.key(0)
     mean, pre_std = adversarial_inputs(3, seed=4)

@@ -14,6 +14,7 @@ far outside the interval, a path this port does not have.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -63,6 +64,18 @@ def inside_entropy(to_low, to_high, log_scale, *, slope: bool = False, loc_grad:
     return entropy, d_log_scale, d_loc
 
 
+def _compiled(method):
+    """A method compiled as one program (the instance is a pytree argument): called eagerly,
+    it then runs as one program instead of dozens of separately dispatched operations."""
+    return jax.jit(method)
+
+
+def _compiled_sampler(method):
+    """As :func:`_compiled`, for ``method(self, key, sample_shape)`` with a static shape."""
+    compiled = jax.jit(method, static_argnums=2)
+    return lambda self, key, sample_shape=(): compiled(self, key, tuple(sample_shape))
+
+
 def _uniform(key, shape, dtype) -> jax.Array:
     """Uniform in ``[eps, 1 - eps]``: the inverse CDF stays finite at both ends."""
     eps = jnp.finfo(dtype).eps
@@ -79,12 +92,15 @@ class Normal:
     def mode(self) -> jax.Array:
         return self.loc
 
+    @_compiled
     def entropy(self) -> jax.Array:
         return HALF_LOG_2PIE + jnp.log(self.scale)
 
+    @_compiled
     def log_prob(self, value) -> jax.Array:
         return _normal_log_prob(value, self.loc, self.scale)
 
+    @_compiled_sampler
     def sample(self, key, sample_shape=()) -> jax.Array:
         shape = (*sample_shape, *jnp.shape(self.loc))
         return self.loc + self.scale * jax.random.normal(key, shape, jnp.result_type(self.loc))
@@ -117,10 +133,12 @@ class TruncatedNormal:
     def _standard_bounds(self) -> tuple[jax.Array, jax.Array]:
         return (self.low - self.loc) / self.scale, (self.high - self.loc) / self.scale
 
+    @_compiled
     def entropy(self) -> jax.Array:
         alpha, beta = self._standard_bounds()
         return jnp.log(self.scale) + inside_entropy(alpha, beta, jnp.zeros_like(alpha))[0]
 
+    @_compiled
     def log_prob(self, value) -> jax.Array:
         alpha, beta = self._standard_bounds()
         z = (value - self.loc) / self.scale
@@ -128,6 +146,7 @@ class TruncatedNormal:
         lp = -0.5 * z * z - log_mass - _LOG_SQRT_2PI - jnp.log(self.scale)
         return jnp.where((value >= self.low) & (value <= self.high), lp, -jnp.inf)
 
+    @_compiled
     def icdf(self, u) -> jax.Array:
         alpha, beta = self._standard_bounds()
         mass = 0.5 * (erf(beta * _INV_SQRT_2) - erf(alpha * _INV_SQRT_2))
@@ -137,6 +156,7 @@ class TruncatedNormal:
         z = ndtri(jnp.where(use_lower, lower, upper))
         return jnp.clip(self.loc + self.scale * jnp.where(use_lower, z, -z), self.low, self.high)
 
+    @_compiled_sampler
     def sample(self, key, sample_shape=()) -> jax.Array:
         shape = (*sample_shape, *jnp.shape(self.loc))
         return self.icdf(_uniform(key, shape, jnp.result_type(self.loc)))
@@ -180,11 +200,13 @@ class TanhNormal:
         log_jacobian = _log_tanh_jacobian(x) + math.log(self._half)
         return _normal_log_prob(x, self.loc, self.scale) - log_jacobian
 
+    @_compiled
     def log_prob(self, value) -> jax.Array:
         eps = jnp.finfo(jnp.result_type(value)).eps
         x = jnp.arctanh(jnp.clip((value - self._mid) / self._half, -1 + eps, 1 - eps))
         return self._log_prob_of_x(x)
 
+    @_compiled_sampler
     def sample_and_log_prob(self, key, sample_shape=()) -> tuple[jax.Array, jax.Array]:
         shape = (*sample_shape, *jnp.shape(self.loc))
         x = self.loc + self.scale * jax.random.normal(key, shape, jnp.result_type(self.loc))
@@ -198,6 +220,7 @@ class TanhNormal:
             "a tanh-squashed Gaussian has no closed-form entropy; use entropy_estimate(key)"
         )
 
+    @functools.partial(jax.jit, static_argnums=2)
     def entropy_estimate(self, key, num_samples: int = 16) -> jax.Array:
         """H = H(Normal) + log(half) + E[log(1 - tanh(x)^2)]; differentiable."""
         if num_samples < 1:

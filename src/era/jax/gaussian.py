@@ -80,7 +80,7 @@ class ERADistribution:
             action, log_prob = self.base.sample_and_log_prob(key, sample_shape)
             return action, log_prob.sum(-1)
         action = self.sample(key, sample_shape)
-        return action, self.log_prob(action)
+        return action, self.base.log_prob(action).sum(-1)
 
     def entropy(self, key=None, num_samples: int = 16) -> jax.Array:
         if isinstance(self.base, TanhNormal):
