@@ -146,7 +146,9 @@ def test_softmax_era_matches_torch(dtype, n, floor, inverse):
 
     roundings = 1 + math.log2(n)
     amplification = 1 / (math.log(4.0) - 1)  # 1/|1 + W| at its largest, τ = 4
-    assert (np.abs(out - out_torch) <= 4 * roundings * amplification * eps * np.abs(out_torch)).all()
+    assert (
+        np.abs(out - out_torch) <= 4 * roundings * amplification * eps * np.abs(out_torch)
+    ).all()
 
     # the softmax backward's cancellation bound, from a float64 a = dL/dp
     p = torch.softmax(torch.tensor(z, dtype=torch.float64), -1).requires_grad_()

@@ -70,7 +70,9 @@ def test_logprobs_and_entropy_match_torch(dtype, top_k):
         assert np.asarray(ours).dtype == dtype
         assert (np.abs(np.asarray(ours) - theirs) <= tolerance * (1 + np.abs(theirs))).all()
     # a scale s multiplies the gradient by s
-    assert (np.abs(np.asarray(grad) - z.grad.numpy()) <= 2 * tolerance * np.abs(weights).max()).all()
+    assert (
+        np.abs(np.asarray(grad) - z.grad.numpy()) <= 2 * tolerance * np.abs(weights).max()
+    ).all()
     assert np.isfinite(np.asarray(grad)).all()  # masked tokens included
     alone = np.asarray(token_logprobs(logits, labels, scale=scale, top_k=top_k))
     assert (np.abs(alone - np.asarray(logprobs)) <= tolerance * (1 + np.abs(alone))).all()

@@ -1,9 +1,10 @@
-"""ERA's three activations in JAX, with Flax (``flax.linen``) modules: ``pip install era-activation[jax]``.
+"""ERA's three activations in JAX, with Flax (``flax.linen``) modules.
 
-Pure ``jax.numpy`` functions, safe under ``jit``, ``vmap`` and ``grad``, with the torch API's
-names: :func:`lambertw_m1`, :func:`softmax_era` / :class:`SoftmaxERA` (docs/activations.md §2),
-:func:`gaussian_era` / :class:`GaussianERA` and the bounded distributions (§1), and the token
-functions (§3). See docs/jax.md.
+Install with ``pip install "era-activation[jax]"``. Pure ``jax.numpy`` functions, safe under
+``jit``, ``vmap`` and ``grad``, with the torch API's names: :func:`lambertw_m1`,
+:func:`softmax_era` / :class:`SoftmaxERA` (docs/activations.md §2), :func:`gaussian_era` /
+:class:`GaussianERA` and the bounded distributions (§1), and the token functions (§3). See
+docs/jax.md.
 """
 
 from era.jax.distributions import Normal, TanhNormal, TruncatedNormal

@@ -160,8 +160,12 @@ def _check_config(action_dim, target_entropy, bound, mode, low, high, log_std_mi
 def _check_inputs(mean, pre_std, action_dim: int | None):
     """Shapes ``[..., D]`` (``D = action_dim`` unless None), floating dtypes, finite values."""
     mean, pre_std = jnp.asarray(mean), jnp.asarray(pre_std)
-    if not (jnp.issubdtype(mean.dtype, jnp.floating) and jnp.issubdtype(pre_std.dtype, jnp.floating)):
-        raise TypeError(f"mean and pre_std must be floating point, got {mean.dtype}, {pre_std.dtype}")
+    if not (
+        jnp.issubdtype(mean.dtype, jnp.floating) and jnp.issubdtype(pre_std.dtype, jnp.floating)
+    ):
+        raise TypeError(
+            f"mean and pre_std must be floating point, got {mean.dtype}, {pre_std.dtype}"
+        )
     expected = "D" if action_dim is None else action_dim
     if (
         mean.shape != pre_std.shape
@@ -208,9 +212,10 @@ def gaussian_era(
 
     ``mean`` and ``pre_std`` are ``[..., D]``; the other arguments are Python numbers and
     strings, checked on every call, except two that may be traced scalars: ``target_entropy``
-    (a schedule; compiled code is reused across values, and a traced value is not range-checked)
-    and ``delta`` (delta mode: the Gaussian's target is ``target_entropy + max(delta, 0)``). Non-finite inputs raise
-    when the arrays are concrete; under ``jit`` they give NaN scales, never a silent sigma_max.
+    (a schedule; compiled code is reused across values, and a traced value is not
+    range-checked) and ``delta`` (delta mode: the Gaussian's target is
+    ``target_entropy + max(delta, 0)``). Non-finite inputs raise when the arrays are concrete;
+    under ``jit`` they give NaN scales, never a silent sigma_max.
     """
     mean, pre_std = _check_inputs(mean, pre_std, None)
     d = mean.shape[-1]
@@ -315,8 +320,9 @@ def _exact_bwd(low, high, l_min, l_max, residuals, g):
 
     Each log_std_i solves H(loc_i, log_std_i) = h_i, h_i = h_max_i - rest * share_i (uncapped)
     or h_min_i (capped). With v_i = g_i / (dH/dlog_std) and v_bar = sum_i share_i v_i:
-    dL/dloc_i = (v_i - v_bar) dh_edge_i/dloc - v_i dH/dloc, dL/dlog_w_i = -rest share_i (v_i - v_bar)
-    and, since rest falls by what the target rises, dL/dtarget = v_bar (summed over states).
+    dL/dloc_i = (v_i - v_bar) dh_edge_i/dloc - v_i dH/dloc,
+    dL/dlog_w_i = -rest share_i (v_i - v_bar) and, since rest falls by what the target rises,
+    dL/dtarget = v_bar (summed over states).
     """
     inv_slope, d_loc, d_goal, share, rest, coupled, target = residuals
     v = g * inv_slope

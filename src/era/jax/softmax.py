@@ -226,7 +226,9 @@ class SoftmaxERA(nn.Module):
     inverse: str = "exact"
 
     def __post_init__(self) -> None:
-        _shares(self.num_classes, float(self.min_entropy), float(self.tau), self.floor, self.inverse)
+        _shares(
+            self.num_classes, float(self.min_entropy), float(self.tau), self.floor, self.inverse
+        )
         super().__post_init__()
 
     @property
