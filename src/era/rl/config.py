@@ -2,8 +2,9 @@
 
 ``era rl train --algo sac --head era --env Hopper-v5`` and
 ``era.rl.train(TrainConfig(algo="sac", head="era", env="Hopper-v5"))`` are the same run. Fields
-shared by both algorithms live on :class:`TrainConfig`; the algorithm's own hyper-parameters are
-in :class:`SACConfig` (``--sac.*``) and :class:`PPOConfig` (``--ppo.*``).
+shared by all algorithms live on :class:`TrainConfig`; the algorithm's own hyper-parameters are
+in :class:`SACConfig` (``--sac.*``), :class:`PPOConfig` (``--ppo.*``) and
+:class:`TDMPC2Config` (``--tdmpc2.*``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-HEADS = {"sac": ("era", "alpha"), "ppo": ("era", "std")}
+HEADS = {"sac": ("era", "alpha"), "ppo": ("era", "std"), "tdmpc2": ("era", "alpha")}
 
 
 @dataclass
@@ -81,19 +82,112 @@ class PPOConfig:
 
 
 @dataclass
+class TDMPC2Config:
+    """TD-MPC2 (Hansen et al., ICLR 2024): the authors' hyper-parameters and smallest model.
+
+    The model size picks the widths of the authors' presets (era.rl.world_model.MODEL_SIZES)."""
+
+    model_size: Literal[1, 5, 19, 48, 317] = 1
+    """the authors' model presets, in millions of parameters (1 runs on a CPU)"""
+    num_q: int | None = None
+    """Q-ensemble size (default: the preset's, 2 for size 1 and 5 for 5-48)"""
+    horizon: int = 3
+    """planning horizon and length of the training sequences"""
+    iterations: int = 6
+    """MPPI iterations per action (+2 when dim(A) >= 20, as the authors)"""
+    num_samples: int = 512
+    """action sequences evaluated per MPPI iteration"""
+    num_elites: int = 64
+    """best sequences the MPPI update averages"""
+    num_pi_trajs: int = 24
+    """of the samples, sequences drawn from the policy prior"""
+    temperature: float = 0.5
+    """MPPI temperature of the elite weights exp(temperature * value)"""
+    min_std: float = 0.05
+    """lower clip of the MPPI standard deviation"""
+    max_std: float = 2.0
+    """initial (and upper clip of the) MPPI standard deviation"""
+    mpc: bool = True
+    """plan with MPPI; off: act with the policy prior alone"""
+    batch_size: int = 256
+    """sequences per gradient update"""
+    lr: float = 3e-4
+    """Adam learning rate"""
+    enc_lr_scale: float = 0.3
+    """the encoder learns at lr * enc_lr_scale"""
+    grad_clip_norm: float = 20.0
+    """gradient norm clip of the model and of the policy prior"""
+    tau: float = 0.01
+    """Polyak rate of the target Q-ensemble and of the running Q scale"""
+    rho: float = 0.5
+    """temporal weight rho^t of the losses along a sequence"""
+    consistency_coef: float = 20.0
+    """weight of the latent consistency loss"""
+    reward_coef: float = 0.1
+    """weight of the reward loss"""
+    value_coef: float = 0.1
+    """weight of the value loss"""
+    entropy_coef: float = 1e-4
+    """entropy bonus of the alpha head's prior (the era head has none)"""
+    discount: float | None = None
+    """discount factor (default: the authors' heuristic from the episode length)"""
+    seed_steps: int | None = None
+    """random steps before learning, then as many updates at once (default max(1000, 5 episodes))"""
+    buffer_size: int = 1_000_000
+    """replay capacity (capped at the run's total steps)"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """networks and replay on this device (auto: cuda when present); environments stay on CPU"""
+    compile: bool = False
+    """torch.compile the losses and the planner's rollouts"""
+
+    def __post_init__(self):
+        for name in ("horizon", "iterations", "num_samples", "num_elites", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"tdmpc2.{name}={getattr(self, name)} must be >= 1")
+        if self.num_q is not None and self.num_q < 2:
+            raise ValueError(f"tdmpc2.num_q={self.num_q} must be >= 2 (targets use two members)")
+        if not 0 <= self.num_pi_trajs < self.num_samples:
+            raise ValueError(
+                f"tdmpc2.num_pi_trajs={self.num_pi_trajs} must be in [0, num_samples="
+                f"{self.num_samples})"
+            )
+        if self.num_elites > self.num_samples:
+            raise ValueError(
+                f"tdmpc2.num_elites={self.num_elites} must be <= num_samples={self.num_samples}"
+            )
+        if not 0 < self.min_std <= self.max_std:
+            raise ValueError(
+                f"need 0 < tdmpc2.min_std <= max_std, got {self.min_std}, {self.max_std}"
+            )
+        if self.discount is not None and not 0 < self.discount < 1:
+            raise ValueError(f"tdmpc2.discount={self.discount} must be in (0, 1)")
+        if self.seed_steps is not None and self.seed_steps < self.horizon:
+            raise ValueError(
+                f"tdmpc2.seed_steps={self.seed_steps} must be >= horizon={self.horizon} "
+                "(learning needs one full sequence)"
+            )
+        for name in ("lr", "tau", "rho", "temperature", "enc_lr_scale", "grad_clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"tdmpc2.{name}={getattr(self, name)} must be > 0")
+        if self.entropy_coef < 0:
+            raise ValueError(f"tdmpc2.entropy_coef={self.entropy_coef} must be >= 0")
+
+
+@dataclass
 class TrainConfig:
     """One training run (or one per seed with --seeds)."""
 
     env: str = "Hopper-v5"
     """Gymnasium id (Hopper-v5) or dm_control task (dm_control/walker-run)"""
-    algo: Literal["sac", "ppo"] = "sac"
+    algo: Literal["sac", "ppo", "tdmpc2"] = "sac"
     """learning algorithm"""
     head: Literal["era", "alpha", "std"] = "era"
-    """policy head: era for both algorithms; baselines alpha (SAC) and std (PPO)"""
+    """policy head: era for every algorithm; baselines alpha (SAC, TD-MPC2) and std (PPO)"""
     era_mode: Literal["exact", "delta"] = "exact"
     """SAC-ERA: exact per-state floor, or the paper's learned delta compensation"""
     target_entropy: float | None = None
-    """policy entropy target; default -0.5*dim(A) SAC-ERA, -0.3*dim(A) PPO-ERA, -dim(A) SAC-alpha"""
+    """policy entropy target; default -0.5*dim(A) SAC-ERA and TD-MPC2-ERA, -0.3*dim(A) PPO-ERA,
+    -dim(A) SAC-alpha"""
     total_steps: int = 100_000
     """environment steps (summed over vectorised environments)"""
     seed: int = 0
@@ -120,6 +214,8 @@ class TrainConfig:
     """SAC hyper-parameters"""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """PPO hyper-parameters"""
+    tdmpc2: TDMPC2Config = field(default_factory=TDMPC2Config)
+    """TD-MPC2 hyper-parameters"""
 
     def __post_init__(self):
         if self.head not in HEADS[self.algo]:
@@ -145,12 +241,13 @@ class TrainConfig:
 
 
 def default_target_entropy(algo: str, head: str, action_dim: int) -> float:
-    """Per spec §1.3: -D/2 for SAC-ERA, -0.3*D for PPO-ERA; SAC's usual -D for the alpha head.
+    """Per spec §1.3: -D/2 for SAC-ERA (and TD-MPC2-ERA), -0.3*D for PPO-ERA; SAC's usual -D for
+    the alpha head.
 
     The std head of PPO has no target (its entropy is only pushed up by the bonus)."""
     if head == "alpha":
         return -float(action_dim)
-    return (-0.5 if algo == "sac" else -0.3) * action_dim
+    return (-0.3 if algo == "ppo" else -0.5) * action_dim
 
 
 def config_from_dict(values: dict) -> TrainConfig:
@@ -158,5 +255,6 @@ def config_from_dict(values: dict) -> TrainConfig:
     values = dict(values)
     values["sac"] = SACConfig(**values["sac"])
     values["ppo"] = PPOConfig(**values["ppo"])
+    values["tdmpc2"] = TDMPC2Config(**values.get("tdmpc2", {}))
     values["out"] = Path(values["out"])
     return TrainConfig(**values)

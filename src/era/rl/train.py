@@ -107,6 +107,8 @@ def evaluate(act: Callable[[np.ndarray], np.ndarray], env, episodes: int, seed: 
     returns = []
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
+        if hasattr(act, "reset"):  # a planner's warm start must not carry over between episodes
+            act.reset()
         total, done = 0.0, False
         while not done:
             obs, reward, terminated, truncated, _ = env.step(act(obs))
