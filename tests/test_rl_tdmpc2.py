@@ -15,7 +15,7 @@ from era.rl import TDMPC2Config, TrainConfig, train
 from era.rl import tdmpc2 as tdmpc2_module
 from era.rl.cli import PlotConfig, plot
 from era.rl.cli import main as rl_main
-from era.rl.tdmpc2 import SequenceBuffer, TDMPC2Agent, build
+from era.rl.tdmpc2 import SequenceBuffer, TDMPC2Agent, build, update_q_scale
 from era.rl.train import CHECKPOINT
 from era.rl.world_model import SimNorm, TwoHot, discount_for
 from era.runs import load_checkpoint
@@ -231,3 +231,11 @@ def test_dm_control_task_builds_with_its_time_limit():
     envs.close()
     assert agent.discount == 0.995  # 1000-step episodes
     assert agent.model.parameter_count() > 5e5  # the authors' "1M" preset
+
+
+def test_q_scale_tracks_the_5_95_percentile_range_floored_at_one():
+    scale = torch.ones(())
+    update_q_scale(scale, torch.arange(101.0), tau=0.01)  # percentiles 5 and 95: range 90
+    assert scale.item() == pytest.approx(1 + 0.01 * (90 - 1))
+    update_q_scale(scale, torch.zeros(50), tau=1.0)  # a flat Q never shrinks S below 1
+    assert scale.item() == 1.0

@@ -160,8 +160,9 @@ def update_q_scale(scale: torch.Tensor, q: torch.Tensor, tau: float) -> None:
     """The policy loss divides Q by S, a running (Polyak, rate tau) estimate of the 5-95 %
     percentile range of Q over the batch, floored at 1 (paper §3.3: one entropy coefficient for
     every reward scale)."""
-    low, high = torch.quantile(q.detach().float(), torch.tensor([0.05, 0.95], device=q.device))
-    scale.lerp_((high - low).clamp(min=1.0), tau)
+    with torch.no_grad():
+        low, high = torch.quantile(q.float(), torch.tensor([0.05, 0.95], device=q.device))
+        scale.lerp_((high - low).clamp(min=1.0), tau)
 
 
 # -- the agent ----------------------------------------------------------------------------------
@@ -282,21 +283,21 @@ class TDMPC2Agent(torch.nn.Module):
         )
         return total, consistency, reward_loss, value_loss, zs
 
-    def policy_loss(self, zs):
+    def policy_loss(self, zs) -> torch.Tensor:
         """``-sum_t rho^t mean_batch [ Q(z_t, a_t) / S + bonus ]``, a_t ~ p(z_t) reparameterised,
-        Q the mean of two members (eq. 5); S the running Q scale. The bonus is
-        ``entropy_coef * dim(A) * H[N(mu, sigma)]`` for the alpha head and 0 for ERA, whose
-        entropy is fixed. Returns the loss and Q at t=0 (for the scale)."""
+        Q the mean of two members (eq. 5); S the running Q scale, first updated with this
+        batch's Q at t=0. The bonus is ``entropy_coef * dim(A) * H[N(mu, sigma)]`` for the alpha
+        head and 0 for ERA, whose entropy is fixed."""
         dist = self.model.policy(zs)
         action = dist.rsample()
         q = self.q_value(zs, action, reduce="mean")
+        update_q_scale(self.q_scale, q[0], self.config.tau)
         objective = q / self.q_scale
         if self.head == "alpha":
             gaussian = dist.base_dist
             entropy = (0.5 + 0.5 * math.log(2 * math.pi) + gaussian.scale.log()).sum(-1)
             objective = objective + self.config.entropy_coef * self.act_dim * entropy
-        loss = -(self.rho_powers * objective.mean(-1)).mean()
-        return loss, q[0]
+        return -(self.rho_powers * objective.mean(-1)).mean()
 
     def update(self, obs, action, reward, terminated) -> dict[str, torch.Tensor]:
         """One step of the world model, then of the prior on the (detached) rollout, then the
@@ -313,14 +314,13 @@ class TDMPC2Agent(torch.nn.Module):
 
         for p in self._q_params:  # the prior's loss differentiates Q in the action only
             p.requires_grad_(False)
-        pi_loss, q0 = self._policy_loss(zs.detach())
+        pi_loss = self._policy_loss(zs.detach())
         self.pi_optim.zero_grad(set_to_none=True)
         pi_loss.backward()
         torch.nn.utils.clip_grad_norm_(self.prior_params, cfg.grad_clip_norm)
         self.pi_optim.step()
         for p in self._q_params:
             p.requires_grad_(True)
-        update_q_scale(self.q_scale, q0, cfg.tau)
 
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._q_params, cfg.tau)
