@@ -165,7 +165,7 @@ def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch, 
     whole = tiny(tmp_path, head=head, out=tmp_path / "whole")
     train(whole)
     split = dataclasses.replace(whole, out=tmp_path / "split")
-    monkeypatch.setattr(tdmpc2_module, "graceful_interrupt", lambda: nullcontext(StopAfter(33)))
+    monkeypatch.setattr(tdmpc2_module, "stop_signals", lambda: nullcontext(StopAfter(33)))
     train(split)  # stops mid-episode, after learning started, with a warm-started planner
     assert load_checkpoint(split.out / CHECKPOINT)["step"] == 33
     monkeypatch.undo()
@@ -202,12 +202,14 @@ def test_command_line_run_writes_documented_outputs_and_plots(tmp_path):
 
 
 def test_bad_flags_are_rejected_clearly(tmp_path):
-    with pytest.raises(ValueError, match="num_elites=600"):
+    with pytest.raises(ValueError, match="--tdmpc2.num-elites 600"):
         TDMPC2Config(num_elites=600)
-    with pytest.raises(ValueError, match="num_pi_trajs=512"):
+    with pytest.raises(ValueError, match="--tdmpc2.num-pi-trajs 512"):
         TDMPC2Config(num_pi_trajs=512)
-    with pytest.raises(ValueError, match="horizon=0"):
+    with pytest.raises(ValueError, match="--tdmpc2.horizon 0"):
         TDMPC2Config(horizon=0)
+    with pytest.raises(ValueError, match="--tdmpc2.seed-steps 2"):
+        TDMPC2Config(seed_steps=2)  # shorter than one 3-step sequence
     with pytest.raises(ValueError, match="head='std'"):
         TrainConfig(algo="tdmpc2", head="std")
     with pytest.raises(ValueError, match="era_mode='delta'"):

@@ -10,17 +10,21 @@ in :class:`SACConfig` (``--sac.*``), :class:`PPOConfig` (``--ppo.*``) and
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from era.validation import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_NO_0, Range, check_ranges
 
 HEADS = {"sac": ("era", "alpha"), "ppo": ("era", "std"), "tdmpc2": ("era", "alpha")}
 
 
 @dataclass
 class SACConfig:
-    """Soft actor-critic. Defaults follow the authors' SAC-ERA (spec §1.3) except where noted:
-    256 wide instead of 512 and 1 update per step instead of 2, so a CPU run stays fast."""
+    """Soft actor-critic. Defaults follow the authors' SAC-ERA (docs/activations.md) except
+    where noted: 256 wide instead of 512 and 1 update per step instead of 2, so a CPU run
+    stays fast."""
 
     hidden: int = 256
     """width of the hidden layers of actor and critics (authors: 512)"""
@@ -44,6 +48,24 @@ class SACConfig:
     """initial temperature of the alpha head"""
     compile: bool = False
     """torch.compile the losses and the acting policy (faster updates after ~1 min compiling)"""
+
+    def __post_init__(self):
+        check_ranges(
+            self,
+            "sac.",
+            {
+                "hidden": AT_LEAST_1,
+                "layers": AT_LEAST_1,
+                "lr": POSITIVE,
+                "batch_size": AT_LEAST_1,
+                "updates_per_step": AT_LEAST_1,
+                "gamma": UNIT,
+                "tau": UNIT_NO_0,
+                "learning_starts": AT_LEAST_0,
+                "buffer_size": AT_LEAST_1,
+                "init_alpha": POSITIVE,
+            },
+        )
 
 
 @dataclass
@@ -79,6 +101,26 @@ class PPOConfig:
     """normalise observations with running statistics (saved with the agent, frozen in eval)"""
     norm_reward: bool = True
     """scale rewards by the running std of the discounted return"""
+
+    def __post_init__(self):
+        check_ranges(
+            self,
+            "ppo.",
+            {
+                "num_envs": AT_LEAST_1,
+                "num_steps": AT_LEAST_1,
+                "hidden": AT_LEAST_1,
+                "lr": POSITIVE,
+                "gamma": UNIT,
+                "gae_lambda": UNIT,
+                "epochs": AT_LEAST_1,
+                "minibatches": Range(1, self.num_envs * self.num_steps),
+                "clip": POSITIVE,
+                "ent_coef": AT_LEAST_0,
+                "vf_coef": AT_LEAST_0,
+                "max_grad_norm": POSITIVE,
+            },
+        )
 
 
 @dataclass
@@ -141,36 +183,39 @@ class TDMPC2Config:
     """torch.compile the losses and the planner's rollouts"""
 
     def __post_init__(self):
-        for name in ("horizon", "iterations", "num_samples", "num_elites", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"tdmpc2.{name}={getattr(self, name)} must be >= 1")
-        if self.num_q is not None and self.num_q < 2:
-            raise ValueError(f"tdmpc2.num_q={self.num_q} must be >= 2 (targets use two members)")
-        if not 0 <= self.num_pi_trajs < self.num_samples:
-            raise ValueError(
-                f"tdmpc2.num_pi_trajs={self.num_pi_trajs} must be in [0, num_samples="
-                f"{self.num_samples})"
-            )
-        if self.num_elites > self.num_samples:
-            raise ValueError(
-                f"tdmpc2.num_elites={self.num_elites} must be <= num_samples={self.num_samples}"
-            )
-        if not 0 < self.min_std <= self.max_std:
-            raise ValueError(
-                f"need 0 < tdmpc2.min_std <= max_std, got {self.min_std}, {self.max_std}"
-            )
-        if self.discount is not None and not 0 < self.discount < 1:
-            raise ValueError(f"tdmpc2.discount={self.discount} must be in (0, 1)")
-        if self.seed_steps is not None and self.seed_steps < self.horizon:
-            raise ValueError(
-                f"tdmpc2.seed_steps={self.seed_steps} must be >= horizon={self.horizon} "
-                "(learning needs one full sequence)"
-            )
-        for name in ("lr", "tau", "rho", "temperature", "enc_lr_scale", "grad_clip_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"tdmpc2.{name}={getattr(self, name)} must be > 0")
-        if self.entropy_coef < 0:
-            raise ValueError(f"tdmpc2.entropy_coef={self.entropy_coef} must be >= 0")
+        check_ranges(
+            self,
+            "tdmpc2.",
+            {
+                "horizon": AT_LEAST_1,
+                "iterations": AT_LEAST_1,
+                "num_samples": AT_LEAST_1,
+                "num_elites": Range(1, self.num_samples),
+                "num_pi_trajs": Range(0, self.num_samples, high_closed=False),
+                "temperature": POSITIVE,
+                "min_std": POSITIVE,
+                "max_std": Range(self.min_std),
+                "batch_size": AT_LEAST_1,
+                "lr": POSITIVE,
+                "enc_lr_scale": POSITIVE,
+                "grad_clip_norm": POSITIVE,
+                "tau": UNIT_NO_0,
+                "rho": UNIT_NO_0,
+                "consistency_coef": AT_LEAST_0,
+                "reward_coef": AT_LEAST_0,
+                "value_coef": AT_LEAST_0,
+                "entropy_coef": AT_LEAST_0,
+                "buffer_size": AT_LEAST_1,
+            },
+        )
+        optional = {
+            "num_q": Range(2),  # targets and planning draw two members
+            "discount": Range(0, 1, low_closed=False, high_closed=False),
+            "seed_steps": Range(self.horizon),  # learning needs one full sequence
+        }
+        check_ranges(
+            self, "tdmpc2.", {k: r for k, r in optional.items() if getattr(self, k) is not None}
+        )
 
 
 @dataclass
@@ -222,18 +267,26 @@ class TrainConfig:
             raise ValueError(
                 f"head={self.head!r} is not a {self.algo} head; choose one of {HEADS[self.algo]}"
             )
-        for name in (
-            "total_steps",
-            "eval_every",
-            "eval_episodes",
-            "checkpoint_every",
-            "threads",
-            "workers",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds={self.seeds} contains duplicates")
+        check_ranges(
+            self,
+            "",
+            {
+                "total_steps": AT_LEAST_1,
+                "seed": AT_LEAST_0,
+                "eval_every": AT_LEAST_1,
+                "eval_episodes": AT_LEAST_1,
+                "checkpoint_every": AT_LEAST_1,
+                "threads": AT_LEAST_1,
+                "workers": AT_LEAST_1,
+            },
+        )
+        if self.target_entropy is not None and not math.isfinite(self.target_entropy):
+            raise ValueError(f"--target-entropy {self.target_entropy} must be a finite number")
+        if self.seeds is not None:
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"--seeds {self.seeds} contains duplicates")
+            if min(self.seeds, default=0) < 0:
+                raise ValueError(f"--seeds {self.seeds}: every seed must be >= 0")
 
     def for_seed(self, seed: int) -> TrainConfig:
         """The single-seed run of a --seeds sweep, written to OUT/seed{seed}."""
@@ -241,8 +294,8 @@ class TrainConfig:
 
 
 def default_target_entropy(algo: str, head: str, action_dim: int) -> float:
-    """Per spec §1.3: -D/2 for SAC-ERA (and TD-MPC2-ERA), -0.3*D for PPO-ERA; SAC's usual -D for
-    the alpha head.
+    """As in docs/activations.md: -D/2 for SAC-ERA (and TD-MPC2-ERA), -0.3*D for PPO-ERA; SAC's
+    usual -D for the alpha head.
 
     The std head of PPO has no target (its entropy is only pushed up by the bonus)."""
     if head == "alpha":

@@ -21,7 +21,6 @@ for dm_control (episodes are 1000 steps), and this works on CPU as well as CUDA.
 from __future__ import annotations
 
 import math
-import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -30,9 +29,9 @@ import torch.nn.functional as F
 
 from era.gaussian import GaussianERA
 from era.rl.config import TrainConfig, default_target_entropy
-from era.rl.envs import make_eval_env
+from era.rl.envs import make_env
+from era.rl.loop import Clock, Reporter, evaluate, log_row, start_run, write_summary
 from era.rl.networks import per_state_entropy
-from era.rl.train import CHECKPOINT, Reporter, evaluate, start_run, write_summary
 from era.rl.vec_env import ReplayableEnvs
 from era.rl.world_model import (
     MODEL_SIZES,
@@ -42,14 +41,7 @@ from era.rl.world_model import (
     default_seed_steps,
     discount_for,
 )
-from era.runs import (
-    check_finite,
-    graceful_interrupt,
-    read_metrics,
-    save_checkpoint,
-    set_seed,
-    to_jsonable,
-)
+from era.runs import check_finite, read_metrics, set_seed, stop_signals
 
 LOG_EVERY = 1000  # steps between TensorBoard training scalars and divergence checks
 EVAL_SEED_OFFSET = 10_000
@@ -503,7 +495,7 @@ def train(config: TrainConfig):
     """Train TD-MPC2 (``era`` or ``alpha`` prior) as configured; returns the run directory."""
     set_seed(config.seed)
     envs, agent = build(config)
-    logger, checkpoint = start_run(config)
+    run, logger, checkpoint = start_run(config)
     cfg, device = config.tdmpc2, agent.device
     seed_steps = (
         cfg.seed_steps
@@ -513,9 +505,9 @@ def train(config: TrainConfig):
     capacity = min(cfg.buffer_size, config.total_steps)
     obs_dim, act_dim = envs.observation_space.shape[0], envs.action_space.shape[0]
     buffer = SequenceBuffer(capacity, obs_dim, act_dim, cfg.horizon, device)
-    eval_env = make_eval_env(config.env, config.seed + EVAL_SEED_OFFSET)
+    eval_env = make_env(config.env, config.seed + EVAL_SEED_OFFSET)
     planner = Planner(agent, explore=True)
-    step, elapsed, row_step = 0, 0.0, None
+    step, row_step, clock = 0, None, Clock()
     if checkpoint is not None:
         agent.load_checkpoint_state(checkpoint["agent"])
         buffer.load_state_dict(checkpoint["buffer"])
@@ -523,25 +515,28 @@ def train(config: TrainConfig):
         set_rng_state(checkpoint["rng"], device)
         mean = checkpoint["plan_mean"]
         planner.mean = None if mean is None else mean.to(device)
-        step, elapsed, row_step = checkpoint["step"], checkpoint["elapsed"], checkpoint["row_step"]
+        step, row_step, clock = (
+            checkpoint["step"],
+            checkpoint["row_step"],
+            Clock(checkpoint["elapsed"]),
+        )
 
     def save():
-        save_checkpoint(
-            config.out / CHECKPOINT,
+        run.save_checkpoint(
             {
                 "step": step,
-                "config": to_jsonable(config),
+                "config": run.config,
                 "agent": agent.checkpoint_state(),
                 "buffer": buffer.state_dict(),
                 "envs": envs.state_dict(),
                 "rng": rng_state(device),
                 "plan_mean": None if planner.mean is None else planner.mean.cpu(),
-                "elapsed": elapsed + time.perf_counter() - t0,
+                "elapsed": clock.seconds(),
                 "row_step": row_step,
-            },
+            }
         )
 
-    def log_evaluation() -> dict:
+    def log_evaluation() -> None:
         nonlocal row_step
         check_finite(step, **losses)
         # Evaluation plans with its own seeded generators: repeatable, and training's untouched.
@@ -561,15 +556,9 @@ def train(config: TrainConfig):
             "return_std": ret_std,
             **agent.entropy_stats(obs),
             **{k: float(v) for k, v in losses.items()},
-            "sps": reporter.sps(step),
-            "time_s": elapsed + time.perf_counter() - t0,
         }
-        logger.row(step, row)
-        reporter.evaluation(step, row)
-        row_step = step
-        return row
+        row_step = log_row(logger, reporter, clock, step, row)
 
-    t0 = time.perf_counter()
     reporter = Reporter(config, step)
     zero = torch.tensor(0.0)
     losses = dict.fromkeys(
@@ -578,7 +567,7 @@ def train(config: TrainConfig):
     )
     obs = envs.obs
     try:
-        with graceful_interrupt() as stop:
+        with stop_signals() as stop:
             while step < config.total_steps and not stop.requested:
                 if len(envs.actions[0]) == 0:  # an episode's first step: no warm start
                     planner.reset()
@@ -624,15 +613,13 @@ def train(config: TrainConfig):
                 log_evaluation()
             save()
             reporter.advance_to(step)
-            write_summary(
-                config.out, read_metrics(logger.csv_path), elapsed + time.perf_counter() - t0
-            )
+        write_summary(run.out, read_metrics(logger.csv_path), clock.seconds())
     finally:
         reporter.close()
         logger.close()
         envs.close()
         eval_env.close()
-    return config.out
+    return run.out
 
 
 def load_policy(config: TrainConfig, checkpoint: dict):
