@@ -395,19 +395,20 @@ class TDMPC2Agent(torch.nn.Module):
 
     @torch.no_grad()
     def entropy_stats(self, obs: torch.Tensor) -> dict[str, float]:
-        """Per-state entropy of the prior on replay states (min/mean/max), unreachable count."""
+        """Per-state entropy of the prior on replay states (min/mean/max); for ERA also the
+        target and the number of states where it is out of reach."""
         dist = self.model.policy(self.model.encode(obs))
         with _forked_rng(self.device):  # a sampled estimate (tanh head) must not shift training
             entropy = per_state_entropy(dist)
-        unreachable = getattr(dist, "unreachable", None)
-        return {
+        stats = {
             "entropy": entropy.mean().item(),
             "entropy_min": entropy.min().item(),
             "entropy_max": entropy.max().item(),
-            "target_entropy": self.target_entropy if self.target_entropy is not None else math.nan,
-            "unreachable": int(unreachable.sum()) if unreachable is not None else 0,
-            "q_scale": self.q_scale.item(),
         }
+        if self.target_entropy is not None:  # the alpha head has a bonus, not a target
+            stats["target_entropy"] = self.target_entropy
+            stats["unreachable"] = int(dist.unreachable.sum())
+        return stats | {"q_scale": self.q_scale.item()}
 
     def checkpoint_state(self) -> dict:
         return {
