@@ -11,7 +11,7 @@ in its latent space with MPPI, guided by a policy prior. Two heads share everyth
   the target (default -dim(A)/2) in every latent state, by construction, and the bonus is off.
 
 Read top to bottom: the replay of sequences, the running Q scale, the agent (losses, update,
-planning), the training loop. Equation numbers are the paper's.
+planning), the training loop. Each docstring writes out the paper's equation it implements.
 
 What differs from the authors' release, on purpose: no termination head (terminal transitions
 stop bootstrapping in the TD targets, but the planner does not predict them), no action repeat
@@ -63,7 +63,7 @@ def resolve_device(name: str) -> torch.device:
 
 class SequenceBuffer:
     """Transitions in the order they happened, sampled as sequences of ``horizon`` steps that
-    lie within one episode (the model is trained on ``H``-step rollouts, paper eq. 3).
+    lie within one episode (the model is trained on ``H``-step rollouts).
 
     A sequence starting at transition t gives observations ``obs[t], next_obs[t..t+H-1]`` (the
     true next observation, also at a time limit), actions, rewards and termination flags of
@@ -150,8 +150,8 @@ class SequenceBuffer:
 
 def update_q_scale(scale: torch.Tensor, q: torch.Tensor, tau: float) -> None:
     """The policy loss divides Q by S, a running (Polyak, rate tau) estimate of the 5-95 %
-    percentile range of Q over the batch, floored at 1 (paper §3.3: one entropy coefficient for
-    every reward scale)."""
+    percentile range of Q over the batch, floored at 1, as in the paper's policy-prior
+    objective: one entropy coefficient then fits every reward scale."""
     with torch.no_grad():
         low, high = torch.quantile(q.float(), torch.tensor([0.05, 0.95], device=q.device))
         scale.lerp_((high - low).clamp(min=1.0), tau)
@@ -227,7 +227,7 @@ class TDMPC2Agent(torch.nn.Module):
 
     def q_value(self, z, action, target: bool = False, reduce: str = "min") -> torch.Tensor:
         """Q from two ensemble members drawn at random: their min (TD targets, a pessimistic
-        estimate) or their mean (planning and the policy loss), paper §3.3."""
+        estimate) or their mean (planning and the policy loss), as the paper."""
         logits = self.model.q_logits(z, action, target=target)
         pair = torch.randperm(self.num_q, device=logits.device)[:2]
         q = self.two_hot.decode(logits[pair])
@@ -236,7 +236,7 @@ class TDMPC2Agent(torch.nn.Module):
     @torch.no_grad()
     def td_targets(self, next_z, reward, terminated) -> torch.Tensor:
         """``r_t + gamma * (1 - terminated_t) * min Q_target(z_{t+1}, a')``, a' ~ p(z_{t+1})
-        (paper eq. 4)."""
+        (the paper's TD target)."""
         next_action = self.model.policy(next_z).sample()
         next_q = self.q_value(next_z, next_action, target=True, reduce="min")
         return reward + self.discount * (1 - terminated) * next_q
@@ -244,7 +244,8 @@ class TDMPC2Agent(torch.nn.Module):
     # -- losses -----------------------------------------------------------------------------
 
     def model_loss(self, obs, action, reward, terminated):
-        """Joint-embedding prediction, reward and value losses on an H-step rollout (eq. 3):
+        """The paper's model objective: joint-embedding prediction, reward and value losses on
+        an H-step rollout,
 
             L = sum_t rho^t [ c1 ||d(z_t, a_t) - sg(h(s_{t+1}))||^2 + c2 CE(R(z_t, a_t), r_t)
                              + c3 mean_k CE(Q_k(z_t, a_t), q_t) ],  z_0 = h(s_0)
@@ -277,9 +278,10 @@ class TDMPC2Agent(torch.nn.Module):
 
     def policy_loss(self, zs) -> torch.Tensor:
         """``-sum_t rho^t mean_batch [ Q(z_t, a_t) / S + bonus ]``, a_t ~ p(z_t) reparameterised,
-        Q the mean of two members (eq. 5); S the running Q scale, first updated with this
-        batch's Q at t=0. The bonus is ``entropy_coef * dim(A) * H[N(mu, sigma)]`` for the alpha
-        head and 0 for ERA, whose entropy is fixed."""
+        Q the mean of two members (the paper's policy-prior objective); S the running Q scale,
+        first updated with this batch's Q at t=0. The bonus is
+        ``entropy_coef * dim(A) * H[N(mu, sigma)]`` for the alpha head and 0 for ERA, whose
+        entropy is fixed."""
         dist = self.model.policy(zs)
         action = dist.rsample()
         q = self.q_value(zs, action, reduce="mean")
@@ -330,7 +332,7 @@ class TDMPC2Agent(torch.nn.Module):
 
     def estimate_value(self, z, actions) -> torch.Tensor:
         """``sum_{t<H} gamma^t R(z_t, a_t) + gamma^H Q(z_H, a_H)``, a_H ~ p(z_H): the return of
-        each action sequence under the model (paper eq. 6)."""
+        each action sequence under the model (the paper's planning objective)."""
         value, discount = 0.0, 1.0
         for t in range(actions.shape[0]):
             reward = self.two_hot.decode(self.model.reward_logits(z, actions[t]))
@@ -342,10 +344,11 @@ class TDMPC2Agent(torch.nn.Module):
 
     @torch.no_grad()
     def plan(self, obs: torch.Tensor, warm_mean: torch.Tensor | None, explore: bool):
-        """MPPI in latent space (paper §3.2): ``iterations`` rounds of sampling ``num_samples``
-        action sequences (``num_pi_trajs`` of them rolled out by the prior, the rest from
-        N(mean, std^2)), keeping the ``num_elites`` best by ``estimate_value`` and refitting
-        mean and std to them with weights ``exp(temperature * value)``.
+        """MPPI in latent space guided by the policy prior, as the paper plans: ``iterations``
+        rounds of sampling ``num_samples`` action sequences (``num_pi_trajs`` of them rolled out
+        by the prior, the rest from N(mean, std^2)), keeping the ``num_elites`` best by
+        ``estimate_value`` and refitting mean and std to them with weights
+        ``exp(temperature * value)``.
 
         ``warm_mean``: the previous step's final mean (shifted by one step to start from), or
         None at an episode's first step. Returns the first action (an elite drawn by its weight,

@@ -1,7 +1,7 @@
 """TD-MPC2's implicit world model: the networks, with no training logic (``tdmpc2.py`` has that).
 
 Hansen, Su, Wang, "TD-MPC2: Scalable, Robust World Models for Continuous Control", ICLR 2024.
-Five components on a latent state z (paper eq. 2):
+Five components on a latent state z (the paper's model):
 
     encoder     z   = h(s)                 SimNorm output
     dynamics    z'  = d(z, a)              SimNorm output
@@ -9,11 +9,11 @@ Five components on a latent state z (paper eq. 2):
     value       q^  = Q_k(z, a), k=1..K    two-hot logits, an ensemble with dropout
     policy      a^ ~ p(z)                  the policy prior that guides planning
 
-Every hidden layer is Linear -> LayerNorm -> Mish (paper §3.4). ``SimNorm`` splits a vector into
+Every hidden layer is Linear -> LayerNorm -> Mish (as the paper). ``SimNorm`` splits a vector into
 groups of 8 and takes a softmax in each group: the latent lives on a product of simplices, which
-bounds it and biases it towards sparsity (paper §3.4). Rewards and values are predicted as
+bounds it and biases it towards sparsity. Rewards and values are predicted as
 distributions over 101 bins of ``symlog(x)`` in [-10, 10], so one set of hyper-parameters copes
-with any reward scale (paper §3.4, "discrete regression").
+with any reward scale (the paper's "discrete regression").
 
 The policy prior's head is the one thing ERA changes: ``TanhGaussianPrior`` is the authors' (a
 tanh-squashed Gaussian with log sigma in [-10, 2], trained with an entropy bonus), ``GaussianERA``
@@ -138,7 +138,7 @@ class QEnsemble(nn.Module):
     """``num_q`` Q-networks run as one batched network (``EnsembleLinear``): ``[K, ..., bins]``.
 
     Each member: Linear -> Dropout -> LayerNorm -> Mish, Linear -> LayerNorm -> Mish, Linear.
-    Dropout (0.01) only on the first layer and only in training mode, as in the paper (§3.4).
+    Dropout (0.01) only on the first layer and only in training mode, as in the paper.
     """
 
     def __init__(self, num_q: int, n_in: int, hidden: int, n_out: int, dropout: float):
