@@ -70,6 +70,9 @@ class Args:
     """JSON, markdown table, the runs' metrics.csv copies and the curves"""
     aggregate_only: bool = False
     """skip training; rebuild the table and figure from the copied CSVs"""
+    time_only: int = 0
+    """skip training; instead time this many plans and updates per head at these settings
+    (process CPU time, one thread) into RESULTS/timing_<samples>x<iterations>_b<batch>.json"""
 
 
 def task_name(args: Args) -> str:
@@ -206,7 +209,60 @@ def plot(args: Args) -> None:
         plot(PlotConfig(runs=runs, out=out, labels=list(HEADS)))
 
 
+def time_steps(args: Args) -> dict:
+    """CPU seconds of one MPPI plan and one update per head, on random transitions of the task's
+    dimensions (the cost does not depend on the data), so the cost of a full-scale run can be
+    computed without running it."""
+    import numpy as np
+    import torch
+
+    from era.rl.tdmpc2 import SequenceBuffer, build
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    timing = {"threads": 1, "repeats": args.time_only, "heads": {}}
+    for head in HEADS:
+        config = config_for(args, head, args.seeds[0])
+        config = dataclasses.replace(
+            config, tdmpc2=dataclasses.replace(config.tdmpc2, device="cpu")
+        )
+        envs, agent = build(config)
+        obs_dim, act_dim = envs.observation_space.shape[0], envs.action_space.shape[0]
+        envs.close()
+        buffer = SequenceBuffer(1000, obs_dim, act_dim, config.tdmpc2.horizon, agent.device)
+        rng = np.random.default_rng(0)
+        for i in range(1000):
+            buffer.add(
+                rng.normal(size=obs_dim),
+                rng.uniform(-1, 1, act_dim),
+                0.0,
+                rng.normal(size=obs_dim),
+                0.0,
+                episode=i // 100,
+            )
+        obs = buffer.obs[0]
+        agent.plan(obs, None, True)  # warm-up: first calls allocate
+        agent.update(*buffer.sample(config.tdmpc2.batch_size))
+        start = time.process_time()
+        for _ in range(args.time_only):
+            agent.plan(obs, None, True)
+        plan = (time.process_time() - start) / args.time_only
+        start = time.process_time()
+        for _ in range(args.time_only):
+            agent.update(*buffer.sample(config.tdmpc2.batch_size))
+        update = (time.process_time() - start) / args.time_only
+        timing["heads"][head] = {"plan_cpu_s": plan, "update_cpu_s": update}
+        print(f"{head}: plan {plan:.3f} s, update {update:.3f} s (CPU time)", flush=True)
+    timing["tdmpc2"] = dataclasses.asdict(config_for(args, "TD-MPC2", args.seeds[0]).tdmpc2)
+    name = f"timing_{args.num_samples}x{args.iterations}_b{args.batch_size}.json"
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / name).write_text(json.dumps(timing, indent=2) + "\n")
+    return timing
+
+
 def main(args: Args) -> dict:
+    if args.time_only:
+        return time_steps(args)
     if not args.aggregate_only:
         train_all(args)
     result = aggregate(args)
