@@ -50,9 +50,7 @@ EVAL_SEED_OFFSET = 10_000
 def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "tdmpc2.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'"
-        )
+        raise ValueError("--tdmpc2.device cuda: no CUDA device is available; use auto or cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -170,8 +168,8 @@ class TDMPC2Agent(torch.nn.Module):
         self.device = resolve_device(cfg.device)
         if config.era_mode != "exact":
             raise ValueError(
-                f"era_mode={config.era_mode!r} is not available for tdmpc2: its ERA prior is the "
-                "exact per-state floor (era_mode='exact')"
+                f"--era-mode {config.era_mode} is not available for --algo tdmpc2: its ERA prior "
+                "is the exact per-state floor (--era-mode exact)"
             )
         if config.head == "era":
             self.target_entropy = (
@@ -184,7 +182,7 @@ class TDMPC2Agent(torch.nn.Module):
             self.target_entropy = None
             if config.target_entropy is not None:
                 raise ValueError(
-                    f"target_entropy={config.target_entropy} has no meaning for the tdmpc2 alpha "
+                    f"--target-entropy {config.target_entropy} has no meaning for the tdmpc2 alpha "
                     "head (a fixed entropy bonus, --tdmpc2.entropy-coef); leave it unset"
                 )
             prior_head = TanhGaussianPrior()
