@@ -7,6 +7,7 @@ Errors reach ``era.cli``, which prints them as one line.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,8 @@ def plot(config: PlotConfig) -> Path:
     targets = {}
     for label, paths in groups.items():
         column = read_metrics(paths[0]).get("target_entropy")
-        if column is not None and len(column):
-            targets[label] = float(column[-1])
+        if column is not None and len(column) and math.isfinite(column[-1]):  # heads without
+            targets[label] = float(column[-1])  # a target (PPO std, TD-MPC2 alpha) draw none
     out = config.out or Path(os.path.commonpath([r.resolve() for r in config.runs])) / "curves.png"
     # One dashed target line per panel: the first run's; the others' targets go in the title.
     first = next(iter(targets.values()), None)
