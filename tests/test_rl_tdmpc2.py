@@ -241,3 +241,20 @@ def test_q_scale_tracks_the_5_95_percentile_range_floored_at_one():
     assert scale.item() == pytest.approx(1 + 0.01 * (90 - 1))
     update_q_scale(scale, torch.zeros(50), tau=1.0)  # a flat Q never shrinks S below 1
     assert scale.item() == 1.0
+
+
+@pytest.mark.slow
+def test_compiled_update_equals_eager_and_compiled_planning_runs():
+    """``--tdmpc2.compile`` (minutes of compiling on a CPU): same losses, a finite plan."""
+    buffer = filled_buffer()
+    results = []
+    for compile in (True, False):
+        torch.manual_seed(0)
+        agent = agent_for("era", compile=compile)
+        for _ in range(3):
+            losses = agent.update(*buffer.sample(16))
+        results.append(losses)
+        action, mean = agent.plan(buffer.obs[0], None, explore=True)
+        assert torch.isfinite(action).all() and torch.isfinite(mean).all()
+    for name, value in results[1].items():
+        torch.testing.assert_close(results[0][name], value, rtol=1e-4, atol=1e-5, msg=name)
