@@ -18,7 +18,7 @@ from era.rl.cli import main as rl_main
 from era.rl.tdmpc2 import SequenceBuffer, TDMPC2Agent, build, update_q_scale
 from era.rl.train import CHECKPOINT
 from era.rl.world_model import SimNorm, TwoHot, discount_for
-from era.runs import load_checkpoint
+from era.runs import DivergenceError, load_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -258,3 +258,23 @@ def test_compiled_update_equals_eager_and_compiled_planning_runs():
         assert torch.isfinite(action).all() and torch.isfinite(mean).all()
     for name, value in results[1].items():
         torch.testing.assert_close(results[0][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny(tmp_path)
+    real_update = TDMPC2Agent.update
+    calls = {"n": 0}
+
+    def poisoned(self, *batch):
+        calls["n"] += 1
+        losses = real_update(self, *batch)
+        if calls["n"] > 30:  # step 31 of 50: after the checkpoint at step 25
+            losses["value_loss"] = torch.tensor(float("nan"))
+        return losses
+
+    monkeypatch.setattr(TDMPC2Agent, "update", poisoned)
+    with pytest.raises(DivergenceError, match="value_loss"):
+        train(config)
+    checkpoint = load_checkpoint(config.out / CHECKPOINT)
+    assert checkpoint["step"] == 25
+    assert all(torch.isfinite(v).all() for v in checkpoint["agent"]["modules"].values())
