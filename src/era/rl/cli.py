@@ -7,6 +7,7 @@ Errors reach ``era.cli``, which prints them as one line.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,8 @@ def plot(config: PlotConfig) -> Path:
     targets = {}
     for label, paths in groups.items():
         column = read_metrics(paths[0]).get("target_entropy")
-        if column is not None and len(column):
-            targets[label] = float(column[-1])
+        if column is not None and len(column) and math.isfinite(column[-1]):  # heads without
+            targets[label] = float(column[-1])  # a target (PPO std, TD-MPC2 alpha) draw none
     out = config.out or Path(os.path.commonpath([r.resolve() for r in config.runs])) / "curves.png"
     # One dashed target line per panel: the first run's; the others' targets go in the title.
     first = next(iter(targets.values()), None)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         {"train": TrainConfig, "sweep": SweepConfig, "plot": PlotConfig, "eval": EvalConfig},
         prog="era rl",
         args=argv,
-        description="SAC / PPO with an ERA policy head on Gymnasium MuJoCo and dm_control.",
+        description="SAC / PPO / TD-MPC2 with an ERA policy on Gymnasium MuJoCo and dm_control.",
     )
     if isinstance(config, TrainConfig):
         runs = train(config)

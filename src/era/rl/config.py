@@ -2,8 +2,9 @@
 
 ``era rl train --algo sac --head era --env Hopper-v5`` and
 ``era.rl.train(TrainConfig(algo="sac", head="era", env="Hopper-v5"))`` are the same run. Fields
-shared by both algorithms live on :class:`TrainConfig`; the algorithm's own hyper-parameters are
-in :class:`SACConfig` (``--sac.*``) and :class:`PPOConfig` (``--ppo.*``).
+shared by all algorithms live on :class:`TrainConfig`; the algorithm's own hyper-parameters are
+in :class:`SACConfig` (``--sac.*``), :class:`PPOConfig` (``--ppo.*``) and
+:class:`TDMPC2Config` (``--tdmpc2.*``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Literal
 
 from era.validation import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_NO_0, Range, check_ranges
 
-HEADS = {"sac": ("era", "alpha"), "ppo": ("era", "std")}
+HEADS = {"sac": ("era", "alpha"), "ppo": ("era", "std"), "tdmpc2": ("era", "alpha")}
 
 
 @dataclass
@@ -126,19 +127,115 @@ class PPOConfig:
 
 
 @dataclass
+class TDMPC2Config:
+    """TD-MPC2 (Hansen et al., ICLR 2024): the authors' hyper-parameters and smallest model.
+
+    The model size picks the widths of the authors' presets (era.rl.world_model.MODEL_SIZES)."""
+
+    model_size: Literal[1, 5, 19, 48, 317] = 1
+    """the authors' model presets, in millions of parameters (1 runs on a CPU)"""
+    num_q: int | None = None
+    """Q-ensemble size (default: the preset's, 2 for size 1 and 5 for 5-48)"""
+    horizon: int = 3
+    """planning horizon and length of the training sequences"""
+    iterations: int = 6
+    """MPPI iterations per action (+2 when dim(A) >= 20, as the authors)"""
+    num_samples: int = 512
+    """action sequences evaluated per MPPI iteration"""
+    num_elites: int = 64
+    """best sequences the MPPI update averages"""
+    num_pi_trajs: int = 24
+    """of the samples, sequences drawn from the policy prior"""
+    temperature: float = 0.5
+    """MPPI temperature of the elite weights exp(temperature * value)"""
+    min_std: float = 0.05
+    """lower clip of the MPPI standard deviation"""
+    max_std: float = 2.0
+    """initial (and upper clip of the) MPPI standard deviation"""
+    mpc: bool = True
+    """plan with MPPI; off: act with the policy prior alone"""
+    batch_size: int = 256
+    """sequences per gradient update"""
+    lr: float = 3e-4
+    """Adam learning rate"""
+    enc_lr_scale: float = 0.3
+    """the encoder learns at lr * enc_lr_scale"""
+    grad_clip_norm: float = 20.0
+    """gradient norm clip of the model and of the policy prior"""
+    tau: float = 0.01
+    """Polyak rate of the target Q-ensemble and of the running Q scale"""
+    rho: float = 0.5
+    """temporal weight rho^t of the losses along a sequence"""
+    consistency_coef: float = 20.0
+    """weight of the latent consistency loss"""
+    reward_coef: float = 0.1
+    """weight of the reward loss"""
+    value_coef: float = 0.1
+    """weight of the value loss"""
+    entropy_coef: float = 1e-4
+    """entropy bonus of the alpha head's prior (the era head has none)"""
+    discount: float | None = None
+    """discount factor (default: the authors' heuristic from the episode length)"""
+    seed_steps: int | None = None
+    """random steps before learning, then as many updates at once (default max(1000, 5 episodes))"""
+    buffer_size: int = 1_000_000
+    """replay capacity (capped at the run's total steps)"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """networks and replay on this device (auto: cuda when present); environments stay on CPU"""
+    compile: bool = False
+    """torch.compile the losses and the planner's rollouts"""
+
+    def __post_init__(self):
+        check_ranges(
+            self,
+            "tdmpc2.",
+            {
+                "horizon": AT_LEAST_1,
+                "iterations": AT_LEAST_1,
+                "num_samples": AT_LEAST_1,
+                "num_elites": Range(1, self.num_samples),
+                "num_pi_trajs": Range(0, self.num_samples, high_closed=False),
+                "temperature": POSITIVE,
+                "min_std": POSITIVE,
+                "max_std": Range(self.min_std),
+                "batch_size": AT_LEAST_1,
+                "lr": POSITIVE,
+                "enc_lr_scale": POSITIVE,
+                "grad_clip_norm": POSITIVE,
+                "tau": UNIT_NO_0,
+                "rho": UNIT_NO_0,
+                "consistency_coef": AT_LEAST_0,
+                "reward_coef": AT_LEAST_0,
+                "value_coef": AT_LEAST_0,
+                "entropy_coef": AT_LEAST_0,
+                "buffer_size": AT_LEAST_1,
+            },
+        )
+        optional = {
+            "num_q": Range(2),  # targets and planning draw two members
+            "discount": Range(0, 1, low_closed=False, high_closed=False),
+            "seed_steps": Range(self.horizon),  # learning needs one full sequence
+        }
+        check_ranges(
+            self, "tdmpc2.", {k: r for k, r in optional.items() if getattr(self, k) is not None}
+        )
+
+
+@dataclass
 class TrainConfig:
     """One training run (or one per seed with --seeds)."""
 
     env: str = "Hopper-v5"
     """Gymnasium id (Hopper-v5) or dm_control task (dm_control/walker-run)"""
-    algo: Literal["sac", "ppo"] = "sac"
+    algo: Literal["sac", "ppo", "tdmpc2"] = "sac"
     """learning algorithm"""
     head: Literal["era", "alpha", "std"] = "era"
-    """policy head: era for both algorithms; baselines alpha (SAC) and std (PPO)"""
+    """policy head: era for every algorithm; baselines alpha (SAC, TD-MPC2) and std (PPO)"""
     era_mode: Literal["exact", "delta"] = "exact"
     """SAC-ERA: exact per-state floor, or the paper's learned delta compensation"""
     target_entropy: float | None = None
-    """policy entropy target; default -0.5*dim(A) SAC-ERA, -0.3*dim(A) PPO-ERA, -dim(A) SAC-alpha"""
+    """policy entropy target; default -0.5*dim(A) SAC-ERA and TD-MPC2-ERA, -0.3*dim(A) PPO-ERA,
+    -dim(A) SAC-alpha"""
     total_steps: int = 100_000
     """environment steps (summed over vectorised environments)"""
     seed: int = 0
@@ -171,6 +268,8 @@ class TrainConfig:
     """SAC hyper-parameters"""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """PPO hyper-parameters"""
+    tdmpc2: TDMPC2Config = field(default_factory=TDMPC2Config)
+    """TD-MPC2 hyper-parameters"""
 
     def __post_init__(self):
         if self.head not in HEADS[self.algo]:
@@ -204,13 +303,13 @@ class TrainConfig:
 
 
 def default_target_entropy(algo: str, head: str, action_dim: int) -> float:
-    """As in docs/activations.md: -D/2 for SAC-ERA, -0.3*D for PPO-ERA; SAC's usual -D for
-    the alpha head.
+    """As in docs/activations.md: -D/2 for SAC-ERA (and TD-MPC2-ERA), -0.3*D for PPO-ERA; SAC's
+    usual -D for the alpha head.
 
     The std head of PPO has no target (its entropy is only pushed up by the bonus)."""
     if head == "alpha":
         return -float(action_dim)
-    return (-0.5 if algo == "sac" else -0.3) * action_dim
+    return (-0.3 if algo == "ppo" else -0.5) * action_dim
 
 
 def config_from_dict(values: dict) -> TrainConfig:
@@ -218,5 +317,6 @@ def config_from_dict(values: dict) -> TrainConfig:
     values = dict(values)
     values["sac"] = SACConfig(**values["sac"])
     values["ppo"] = PPOConfig(**values["ppo"])
+    values["tdmpc2"] = TDMPC2Config(**values.get("tdmpc2", {}))
     values["out"] = Path(values["out"])
     return TrainConfig(**values)

@@ -1,8 +1,9 @@
-"""What both RL training loops do around their algorithm: open the run, keep time, evaluate,
+"""What the RL training loops do around their algorithm: open the run, keep time, evaluate,
 report progress, write the summary.
 
-The algorithm modules (``sac.py``, ``ppo.py``) import these helpers; ``train.py`` imports the
-algorithm modules. Nothing here imports an algorithm, so the dependencies point one way.
+The algorithm modules (``sac.py``, ``ppo.py``, ``tdmpc2.py``) import these helpers;
+``train.py`` imports the algorithm modules. Nothing here imports an algorithm, so the
+dependencies point one way.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def evaluate(act: Callable[[np.ndarray], np.ndarray], env, episodes: int, seed: 
     returns = []
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
+        if hasattr(act, "reset"):  # a planner's warm start must not carry over between episodes
+            act.reset()
         total, done = 0.0, False
         while not done:
             obs, reward, terminated, truncated, _ = env.step(act(obs))
