@@ -52,6 +52,11 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 0.0  # FastSAC's tanh-Gaussian range
 CRITICS = 2
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Network outputs leave bf16 autocast as float32: distributions and the projection need it."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def widths(hidden: int) -> list[int]:
     """FastSAC's halving hidden layers."""
     return [hidden, hidden // 2, hidden // 4]
@@ -79,7 +84,7 @@ class FastSACActor(nn.Module):
         self.head = head
 
     def forward(self, obs: torch.Tensor):
-        mean, pre_std = self.out(self.trunk(obs)).float().chunk(2, dim=-1)
+        mean, pre_std = at_least_float32(self.out(self.trunk(obs))).chunk(2, dim=-1)
         return self.head(mean, pre_std)
 
 
@@ -113,7 +118,7 @@ class DistributionalCritic(nn.Module):
         for layer, weight, bias in zip(self.hidden, self.norm_weight, self.norm_bias, strict=True):
             h = layer(x)
             x = F.silu(F.layer_norm(h, h.shape[-1:]) * weight + bias)
-        return self.out(x).float()
+        return at_least_float32(self.out(x))
 
 
 def project(target_atoms: torch.Tensor, probs: torch.Tensor, support: torch.Tensor) -> torch.Tensor:

@@ -127,7 +127,7 @@ class OBACAgent(nn.Module):
             q_behaviour = self.offline_target(obs, action).min(0).values
         q_loss = (self.offline_critic(obs, action) - target).pow(2).mean(1).sum()
         u = q_behaviour - self.offline_value(obs).squeeze(-1)
-        weight = torch.where(u < 0, 1 - self.config.expectile, self.config.expectile)
+        weight = (self.config.expectile - (u < 0).to(u.dtype)).abs()  # |tau - 1(u < 0)|
         v_loss = (weight * u.pow(2)).mean()
         return q_loss, v_loss
 
