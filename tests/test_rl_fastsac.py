@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from era.cli import main as era
-from era.rl import TrainConfig, train
-from era.rl import off_policy
+from era.rl import TrainConfig, off_policy, train
 from era.rl.config import FastSACConfig
 from era.rl.fastsac import FastSACAgent, project
 from era.rl.train import CHECKPOINT
@@ -81,9 +80,9 @@ def test_one_update_per_head_changes_every_network(tmp_path, head, clipped_doubl
     assert all(torch.isfinite(v) for v in losses.values())
     after = agent.state_dict()
     for prefix in ("actor.", "critic.", "target_critic.", "obs_rms."):
-        assert any(
-            not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)
-        ), prefix
+        assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), (
+            prefix
+        )
     assert torch.equal(before["log_alpha"], after["log_alpha"]) == (head == "era")
     assert agent.critic(*data[:2]).shape == (2, 32, config.fastsac.num_atoms)
     action = agent.act(data[0])
@@ -104,9 +103,7 @@ def interrupt_after(monkeypatch, checks: int) -> None:
     monkeypatch.setattr(off_policy, "stop_signals", lambda: nullcontext(StopAfter()))
 
 
-def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(
-    tmp_path, monkeypatch
-):
+def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(tmp_path, monkeypatch):
     whole = tiny(tmp_path, out=tmp_path / "whole")
     train(whole)
 
@@ -136,9 +133,7 @@ def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(
     obs = agent.normalise(a["buffer"]["obs"].double()).double()
     entropy = agent.actor(obs).entropy()
     assert entropy.dtype == torch.float64 and entropy.shape == (160,)
-    torch.testing.assert_close(
-        entropy, torch.full_like(entropy, -0.5 * ACT), atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(entropy, torch.full_like(entropy, -0.5 * ACT), atol=1e-5, rtol=0)
 
 
 def test_command_line_trains_and_plots(tmp_path):

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from era.rl import TrainConfig, train
-from era.rl import off_policy
+from era.rl import TrainConfig, off_policy, train
 from era.rl.config import OBACConfig
 from era.rl.obac import OBACAgent
 from era.rl.train import CHECKPOINT
@@ -100,9 +99,9 @@ def test_one_update_per_head_changes_every_network(tmp_path, head):
     after = agent.state_dict()
     for prefix in ("actor.", "critic.", "target_critic.", "offline_critic.", "offline_target.",
                    "offline_value."):  # fmt: skip
-        assert any(
-            not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)
-        ), prefix
+        assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), (
+            prefix
+        )
     assert torch.equal(before["log_alpha"], after["log_alpha"]) == (head == "era")
 
 
@@ -115,7 +114,8 @@ def test_behaviour_cloning_acts_only_where_the_offline_value_is_higher(tmp_path,
 
     def agent_with(offset: float, bc_weight: float) -> OBACAgent:
         torch.manual_seed(0)
-        config = tiny(tmp_path, head=head, obac=OBACConfig(hidden=16, bc_weight=bc_weight, gate=gate))
+        obac = OBACConfig(hidden=16, bc_weight=bc_weight, gate=gate)
+        config = tiny(tmp_path, head=head, obac=obac)
         agent = OBACAgent(config, OBS, ACT)
         with torch.no_grad():
             agent.offline_value[-1].bias.fill_(offset)
@@ -150,9 +150,7 @@ def interrupt_after(monkeypatch, checks: int) -> None:
     monkeypatch.setattr(off_policy, "stop_signals", lambda: nullcontext(StopAfter()))
 
 
-def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(
-    tmp_path, monkeypatch
-):
+def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(tmp_path, monkeypatch):
     whole = tiny(tmp_path, out=tmp_path / "whole")
     train(whole)
     split = dataclasses.replace(whole, out=tmp_path / "split")

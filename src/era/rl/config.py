@@ -3,7 +3,9 @@
 ``era rl train --algo sac --head era --env Hopper-v5`` and
 ``era.rl.train(TrainConfig(algo="sac", head="era", env="Hopper-v5"))`` are the same run. Fields
 shared by both algorithms live on :class:`TrainConfig`; the algorithm's own hyper-parameters are
-in :class:`SACConfig` (``--sac.*``) and :class:`PPOConfig` (``--ppo.*``).
+in :class:`SACConfig` (``--sac.*``) and :class:`PPOConfig` (``--ppo.*``), and for the agents of
+``era.rl.fastsac`` and ``era.rl.obac`` in :class:`FastSACConfig` (``--fastsac.*``) and
+:class:`OBACConfig` (``--obac.*``).
 """
 
 from __future__ import annotations
@@ -192,7 +194,8 @@ class FastSACConfig:
                 "buffer_size": AT_LEAST_1,
             },
         )
-        if not (math.isfinite(self.v_min) and math.isfinite(self.v_max) and self.v_min < self.v_max):
+        finite = math.isfinite(self.v_min) and math.isfinite(self.v_max)
+        if not (finite and self.v_min < self.v_max):
             raise ValueError(
                 f"--fastsac.v-min {self.v_min} and --fastsac.v-max {self.v_max}: need finite "
                 "v_min < v_max"

@@ -215,9 +215,10 @@ class FastSACAgent(nn.Module):
             atoms = self.support.expand(reward.shape[0], -1)
             if self.head == "alpha":
                 atoms = atoms - (self.alpha * next_log_prob).unsqueeze(-1)
-            target_atoms = reward.unsqueeze(-1) + (
-                self.config.gamma * (1.0 - terminated)
-            ).unsqueeze(-1) * atoms
+            target_atoms = (
+                reward.unsqueeze(-1)
+                + (self.config.gamma * (1.0 - terminated)).unsqueeze(-1) * atoms
+            )
             target = project(target_atoms, next_logits.softmax(-1), self.support)  # [2, B, N]
             if self.config.clipped_double_q:
                 lower = self.q_values(next_logits).argmin(0)  # [B]
@@ -343,4 +344,3 @@ def load_policy(config: TrainConfig, checkpoint: dict):
     envs.close()
     agent.load_checkpoint_state(checkpoint["agent"])
     return lambda obs: agent.act(torch.as_tensor(obs, dtype=torch.float32)[None], True)[0].numpy()
-
