@@ -103,6 +103,8 @@ def train(
         buffer.load_state_dict(checkpoint["buffer"])
         envs.load_state_dict(checkpoint["envs"])
         set_rng_state(checkpoint["rng"])
+        if checkpoint.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
         step, elapsed, row_step = checkpoint["step"], checkpoint["elapsed"], checkpoint["row_step"]
     n = envs.num_envs
 
@@ -122,6 +124,8 @@ def train(
                 "buffer": buffer.state_dict(),
                 "envs": envs.state_dict(),
                 "rng": rng_state(),
+                # on a GPU, policy samples come from the CUDA generator
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "elapsed": elapsed + time.perf_counter() - t0,
                 "row_step": row_step,
             },
