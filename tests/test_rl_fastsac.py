@@ -136,7 +136,7 @@ def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(tmp
     torch.testing.assert_close(entropy, torch.full_like(entropy, -0.5 * ACT), atol=1e-5, rtol=0)
 
 
-def test_command_line_trains_and_plots(tmp_path):
+def test_command_line_trains_plots_and_evaluates(tmp_path, capsys):
     out = tmp_path / "cli"
     era(["rl", "train", "--algo", "fastsac", "--head", "alpha", "--env", "InvertedPendulum-v5",
          "--total-steps", "64", "--eval-every", "32", "--eval-episodes", "1", "--no-progress",
@@ -150,6 +150,8 @@ def test_command_line_trains_and_plots(tmp_path):
     assert "alpha" in table[-1]
     era(["rl", "plot", str(out), "--out", str(tmp_path / "curves.png")])
     assert (tmp_path / "curves.png").stat().st_size > 0
+    era(["rl", "eval", str(out), "--episodes", "1"])
+    assert "over 1 episodes" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
