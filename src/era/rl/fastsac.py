@@ -221,7 +221,7 @@ class FastSACAgent(nn.Module):
             )
             target = project(target_atoms, next_logits.softmax(-1), self.support)  # [2, B, N]
             if self.config.clipped_double_q:
-                lower = self.q_values(next_logits).argmin(0)  # [B]
+                lower = (target * self.support).sum(-1).argmin(0)  # [B]
                 target = target.gather(0, lower.view(1, -1, 1).expand(1, *target.shape[1:]))
         with self.autocast():
             logits = self.critic(obs, action)
