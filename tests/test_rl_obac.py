@@ -14,7 +14,7 @@ from era.rl import TrainConfig, off_policy, train
 from era.rl.config import OBACConfig
 from era.rl.obac import OBACAgent
 from era.rl.train import CHECKPOINT
-from era.runs import load_checkpoint
+from era.runs import DivergenceError, load_checkpoint
 
 OBS, ACT = 11, 3  # Hopper
 
@@ -177,6 +177,26 @@ def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(tmp
     entropy = agent.actor(a["buffer"]["obs"].double()).entropy()
     assert entropy.dtype == torch.float64 and entropy.shape == (120,)
     torch.testing.assert_close(entropy, torch.full_like(entropy, -0.5 * ACT), atol=1e-5, rtol=0)
+
+
+def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny(tmp_path)
+    real_update = OBACAgent.update
+    calls = {"n": 0}
+
+    def poisoned(self, *batch):
+        calls["n"] += 1
+        losses = real_update(self, *batch)
+        if calls["n"] > 30:  # from step 70 on: between the checkpoints at steps 60 and 120
+            losses["offline_v_loss"] = torch.tensor(float("nan"))
+        return losses
+
+    monkeypatch.setattr(OBACAgent, "update", poisoned)
+    with pytest.raises(DivergenceError, match="offline_v_loss"):
+        train(config)
+    checkpoint = load_checkpoint(config.out / CHECKPOINT)
+    assert checkpoint["step"] == 60
+    assert all(torch.isfinite(v).all() for v in checkpoint["agent"]["modules"].values())
 
 
 @pytest.mark.parametrize(
