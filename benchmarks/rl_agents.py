@@ -19,7 +19,7 @@ authors' widths and batch)::
     python benchmarks/rl_agents.py --device cuda --total-steps 1000000 --seeds 0 1 2 \\
         --fastsac-num-envs 64 --fastsac-actor-hidden 512 --fastsac-critic-hidden 768 \\
         --fastsac-batch-size 8192 --fastsac-updates-per-step 8 --obac-hidden 512 \\
-        --obac-batch-size 512 --runs runs/rl_agents_gpu --results benchmarks/results/rl_agents_gpu
+        --obac-batch-size 512 --runs runs/rl_agents_gpu --results benchmarks/results/rl_agents/gpu
 
 What was run for docs/benchmarks/rl.md is in that file.
 """
