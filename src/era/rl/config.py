@@ -266,11 +266,12 @@ class TrainConfig:
     algo: Literal["sac", "ppo", "fastsac", "obac"] = "sac"
     """learning algorithm"""
     head: Literal["era", "alpha", "std"] = "era"
-    """policy head: era for both algorithms; baselines alpha (SAC) and std (PPO)"""
+    """policy head: era for every algorithm; baselines alpha (SAC, FastSAC, OBAC) and std (PPO)"""
     era_mode: Literal["exact", "delta"] = "exact"
     """SAC-ERA: exact per-state floor, or the paper's learned delta compensation"""
     target_entropy: float | None = None
-    """policy entropy target; default -0.5*dim(A) SAC-ERA, -0.3*dim(A) PPO-ERA, -dim(A) SAC-alpha"""
+    """policy entropy target; default -0.5*dim(A) SAC/FastSAC/OBAC-ERA, -0.3*dim(A) PPO-ERA,
+    -dim(A) SAC/OBAC-alpha, 0 FastSAC-alpha"""
     total_steps: int = 100_000
     """environment steps (summed over vectorised environments)"""
     seed: int = 0
