@@ -1,6 +1,7 @@
 # The README's commands. Setup is implicit: each target creates or reuses .venv.
 #   make demo    the main job: a short real SAC-ERA vs SAC run, report in runs/demo/
-#   make test    the test suite (slow tests excluded; `make test-slow` runs them)
+#   make test    the test suite (slow tests excluded; `make test-slow` runs them), then the verl
+#                integration's tests in their own environment (`make test-verl`)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(FMNIST)
 	$(BIN)/python -m pytest
+	$(MAKE) test-verl
 
 test-slow: $(STAMP) $(FMNIST)
 	$(BIN)/python -m pytest -m slow
@@ -49,3 +51,30 @@ $(FMNIST):
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# ---- verl integration (era.llm.verl) -------------------------------------------------------------
+# verl 0.9.1 pins tensordict <= 0.10 and transformers < 5.11, which clash with .venv, so its tests
+# run in .venv-verl: a CPU torch, verl without its dependencies (no vLLM, no flash-attn; Ray is
+# installed because verl imports it, never started), exactly the packages verl's imported modules
+# need, and era itself without extras. Versions: constraints-verl.txt. Builds in 4-5 minutes.
+VERL_VENV  := .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed
+VERL_DEPS  := torch tensordict transformers hydra-core omegaconf codetiming ray numpy peft \
+              datasets pillow pytest hypothesis
+
+.PHONY: test-verl clean-verl
+clean: clean-verl
+clean-verl:
+	rm -rf $(VERL_VENV)
+
+test-verl: $(VERL_STAMP)
+	$(VERL_VENV)/bin/python -m pytest tests/verl
+
+$(VERL_STAMP): pyproject.toml constraints-verl.txt
+	test -x $(VERL_VENV)/bin/python || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/pip install -q --upgrade pip
+	$(VERL_VENV)/bin/pip install -q -c constraints-verl.txt $(VERL_DEPS)
+	$(VERL_VENV)/bin/pip install -q -c constraints-verl.txt --no-deps verl
+	$(VERL_VENV)/bin/pip install -q --no-deps -e .
+	touch $(VERL_STAMP)
+# ---- end of verl integration ---------------------------------------------------------------------

@@ -10,8 +10,11 @@ measured ratio ERA's worst case. Variants:
 * ``trl``: TRL 1.16's fused LM head (``trl.kernels.ChunkedLogProbFunction``, log-probs and
   entropy), which is what ``GRPOTrainer`` runs in its loss; on CPU it uses its torch tiles.
 * ``ours``: the ERA head of ``era.llm`` with one scale (ERA off): the same path without ERA.
-* ``ours_era``: the ERA head with scales (1, k, 1/k), then what ``ERAGRPOTrainer`` does per step:
-  response entropies, ``era_scales``, the per-token pick of the log-normaliser, rescaled advantages.
+* ``ours_era``: the ERA head with scales (1, k, 1/k), the extra two only for the tokens of
+  responses with A > 0, then what ``ERAGRPOTrainer`` does per step: response entropies, their band
+  sides (``band_side``), the per-token column of the log-normaliser, rescaled advantages.
+* ``ours_era_all_rows``: the same with the extra normalisers computed for every token (what the
+  head did before it skipped the rows that cannot be rescaled), for a side-by-side comparison.
 * ``naive``: full-vocabulary float32 logits, ``log_softmax``, gather, entropy, with ERA's per-row
   scale applied to the logits.
 
@@ -44,11 +47,11 @@ import tyro
 from _measure import SMALL_MMAP_ENV, environment, peak_extra_bytes
 from trl.kernels import ChunkedLogProbFunction
 
-from era.llm.trl import era_lm_head
-from era.token import era_scales, response_entropy
+from era.llm.head import era_lm_head
+from era.token import ABOVE, BELOW, band_side, era_scales, response_entropy
 
 RESULTS = Path(__file__).parent / "results" / "llm_overhead.json"
-VARIANTS = ("trl", "ours", "ours_era", "naive")
+VARIANTS = ("trl", "ours", "ours_era", "ours_era_all_rows", "naive")
 TRL_VOCAB_CHUNK = 32768  # what add_fused_lm_head passes in trl 1.16
 
 
@@ -100,20 +103,24 @@ def step(variant: str, args: Args, hidden, weight, labels, mask, advantages) -> 
     elif variant == "ours":
         out = era_lm_head(flat_h, weight, None, flat_labels, temperature=args.temperature)
         logps = out.logprobs((1.0,), torch.zeros_like(flat_labels)).view_as(labels)
-    elif variant == "ours_era":
+    elif variant.startswith("ours_era"):
         scales = (1.0, args.k, 1 / args.k)
+        positive = advantages > 0
+        rows = None if variant == "ours_era_all_rows" else positive[:, None].expand_as(labels)
         out = era_lm_head(flat_h, weight, None, flat_labels, scales=scales,
-                          temperature=args.temperature)  # fmt: skip
+                          temperature=args.temperature,
+                          scaled_rows=None if rows is None else rows.reshape(-1))  # fmt: skip
         entropy = out.entropy.view_as(labels)
         h = response_entropy(entropy, mask)
         # The band is set at this batch's median response entropy, so both branches fire.
         mid = float(h.median())
-        logit_scale, adv_scale = era_scales(h, advantages, low=mid, high=mid + 1e-6, k=args.k)
-        per_token = logit_scale[:, None].expand_as(labels)
-        column = per_token.log()[..., None] - torch.tensor(scales).log().to(hidden.device)
-        column = column.abs().argmin(-1)
-        logps = out.logprobs(scales, column.reshape(-1)).view_as(labels)
-        adv = advantages * adv_scale
+        side = band_side(h, mid, mid + 1e-6)
+        column_of_side = torch.zeros(3, dtype=torch.long, device=hidden.device)
+        column_of_side[BELOW + 1], column_of_side[ABOVE + 1] = 1, 2
+        column = column_of_side[side.long() + 1].masked_fill(~positive, 0)
+        logps = out.logprobs(scales, column[:, None].expand_as(labels).reshape(-1))
+        logps = logps.view_as(labels)
+        adv = advantages / torch.tensor(scales, device=hidden.device)[column]
     else:  # naive
         z = (flat_h @ weight.T).float() / args.temperature
         with torch.no_grad():
@@ -173,6 +180,7 @@ def main(args: Args) -> dict:
         "time ours_era / trl": seconds["ours_era"] / seconds["trl"],
         "time ours_era / ours": seconds["ours_era"] / seconds["ours"],
         "time ours_era / naive": seconds["ours_era"] / seconds["naive"],
+        "time ours_era_all_rows / ours": seconds["ours_era_all_rows"] / seconds["ours"],
         "memory ours_era / naive": memory["ours_era"] / memory["naive"],
         "memory ours_era / trl": memory["ours_era"] / memory["trl"],
         "memory ours_era / ours": memory["ours_era"] / memory["ours"],

@@ -79,7 +79,7 @@ def _more_sft(args: Args) -> None:
     """
     import torch
 
-    from era.llm.cli import TaskArgs
+    from era.llm.config import TaskArgs
     from era.llm.models import load_model
     from era.llm.sft import warm_start
 
@@ -98,7 +98,8 @@ def _run_dir(args: Args, era: bool, seed: int) -> Path:
 def _train_one(job: tuple[Args, bool, int]) -> str:
     import torch
 
-    from era.llm.cli import TrainConfig, train
+    from era.llm.config import TrainConfig
+    from era.llm.runner import train
 
     args, era, seed = job
     torch.set_num_threads(1)
@@ -107,7 +108,7 @@ def _train_one(job: tuple[Args, bool, int]) -> str:
         return f"{out}: done before"
     resume = any(out.glob("checkpoint-*"))
     cfg = TrainConfig(
-        out_dir=out,
+        out=out,
         model=str(_start(args)),
         seed=seed,
         steps=args.steps,
@@ -147,7 +148,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _report(args: Args) -> dict:
-    from era.llm.cli import TaskArgs
+    from era.llm.config import TaskArgs
     from era.plotting import plot_curves
 
     _, held_out = TaskArgs().problems()
@@ -255,12 +256,13 @@ def _table(summary: dict, n: int) -> str:
 
 
 def main(args: Args) -> None:
-    from era.llm.cli import WarmStartConfig, warm_start
+    from era.llm.config import WarmStartConfig
+    from era.llm.runner import warm_start
     from era.runs import run_in_parallel
 
     if not args.report_only:
         if not (args.init / "config.json").is_file():
-            warm_start(WarmStartConfig(out_dir=args.init, steps=args.warm_start_steps))
+            warm_start(WarmStartConfig(out=args.init, steps=args.warm_start_steps))
         if args.more_sft_steps and not (_start(args) / "config.json").is_file():
             _more_sft(args)
         jobs = [(args, era, seed) for seed in args.seeds for era in args.methods.values()]

@@ -1,20 +1,36 @@
-"""Sample efficiency: SAC-ERA (exact per-state floor) against SAC with auto-tuned temperature.
+"""Sample efficiency: SAC-ERA (exact per-state floor) against SAC with auto-tuned temperature
+(and, with ``--heads``, PPO-ERA against PPO).
 
-Runs every (seed, task, head) with ``era.rl.train`` into ``RUNS/TASK/HEAD/seedN``, seed-major so
-that a budget cut short still leaves every task and head with the same seeds. Finished runs
-(``summary.json`` at the full step count) are skipped; a run with a checkpoint is resumed, so the
-script can be killed and restarted at any time. Afterwards (or with ``--aggregate-only``) it
-writes, per task and head, the final evaluation return and the return averaged over all
-evaluations of a run (a learning-curve area; both as mean and std over seeds) with the ERA / SAC
-ratios of the means to a JSON file and a markdown table, copies each run's ``metrics.csv`` beside
-the JSON (so the tables and plots can be rebuilt without the run directories) and draws the
-learning curves with ``era rl plot``.
+Each (task, head) is one vectorised run of all ``--seeds`` (``era.rl.train`` with ``seeds``:
+the seeds stacked in one process for SAC, one process per seed for PPO) into
+``RUNS/TASK/HEAD/seedN``. Finished runs (every seed's ``summary.json`` at the full step count)
+are skipped and interrupted ones resumed, so the script can be killed and restarted at any time.
+Afterwards (or with ``--aggregate-only``) it writes, per task and head, the final evaluation
+return and the return averaged over all evaluations (a learning-curve area), as mean and std over
+seeds; copies each run's ``metrics.csv`` beside the JSON (so everything can be rebuilt without
+the run directories); aggregates over tasks with rliable's statistics (interquartile mean with 95%
+stratified-bootstrap confidence intervals, probability of improvement, performance profiles) and
+draws the learning curves with ``era rl plot``.
 
-The issue's full scale (3M environment steps; docs/benchmarks/rl.md estimates its cost)::
+Scores are normalised per task before aggregating: dm_control returns by their maximum 1000,
+Gymnasium returns by the best final return of any run of any head on that task in this benchmark
+(Gymnasium MuJoCo tasks have no fixed maximum). So an aggregate says how close each head comes to
+the best run seen here, not to a published level.
+
+The issue's full scale (6 tasks x 5 seeds x 100k steps, SAC-ERA vs SAC)::
 
     OMP_NUM_THREADS=1 python benchmarks/rl_sample_efficiency.py \\
-        --tasks HalfCheetah-v5 Hopper-v5 Walker2d-v5 Ant-v5 dm_control/walker-run \\
-        --seeds 0 1 2 --total-steps 100000 --hidden 256 --learning-starts 5000 --eval-every 10000
+        --tasks Hopper-v5 Walker2d-v5 HalfCheetah-v5 Ant-v5 dm_control/cheetah-run \\
+        dm_control/walker-walk --seeds 0 1 2 3 4 --total-steps 100000 --hidden 256 \\
+        --learning-starts 5000 --eval-every 10000 --runs runs/rl_se_100k \\
+        --results benchmarks/results/rl_sample_efficiency_100k
+
+and PPO-ERA vs PPO (three seeds, one process each, 1M steps)::
+
+    OMP_NUM_THREADS=1 python benchmarks/rl_sample_efficiency.py --heads PPO-ERA PPO \\
+        --tasks Hopper-v5 Walker2d-v5 HalfCheetah-v5 Ant-v5 --seeds 0 1 2 \\
+        --total-steps 1000000 --eval-every 50000 --runs runs/rl_se_ppo \\
+        --results benchmarks/results/rl_sample_efficiency_ppo
 
 What was run for docs/benchmarks/rl.md is in that file.
 """
@@ -29,24 +45,33 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import tyro
 
 from era.rl.config import SACConfig, TrainConfig
 from era.runs import read_metrics
 
-HEADS = {"SAC-ERA": ("era", "exact"), "SAC": ("alpha", "exact")}
+# name: (algorithm, head, ERA mode)
+HEADS = {
+    "SAC-ERA": ("sac", "era", "exact"),
+    "SAC": ("sac", "alpha", "exact"),
+    "PPO-ERA": ("ppo", "era", "exact"),
+    "PPO": ("ppo", "std", "exact"),
+}
 
 
 @dataclass
 class Args:
     tasks: list[str] = field(default_factory=lambda: ["Hopper-v5", "dm_control/cartpole-swingup"])
     """Gymnasium or dm_control task ids"""
+    heads: list[str] = field(default_factory=lambda: ["SAC-ERA", "SAC"])
+    """heads to compare, first against second (of SAC-ERA, SAC, PPO-ERA, PPO)"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """seeds, run in this order (seed-major)"""
+    """seeds of every (task, head), trained together"""
     total_steps: int = 100_000
     """environment steps per run"""
     hidden: int = 256
-    """hidden width of actor and critics"""
+    """hidden width of actor and critics (SAC; PPO keeps its 64)"""
     batch_size: int = 256
     """transitions per gradient update"""
     learning_starts: int = 5000
@@ -63,10 +88,12 @@ class Args:
     """learning curves"""
     aggregate_only: bool = False
     """skip training; rebuild the tables and figure from the copied CSVs"""
+    bootstrap: int = 2000
+    """bootstrap resamples of the confidence intervals"""
 
 
-def run_dir(args: Args, task: str, head: str, seed: int) -> Path:
-    return args.runs / task.replace("/", "_") / head / f"seed{seed}"
+def run_dir(args: Args, task: str, head: str) -> Path:
+    return args.runs / task.replace("/", "_") / head
 
 
 def csv_copy(args: Args, task: str, head: str, seed: int) -> Path:
@@ -81,38 +108,40 @@ def is_finished(out: Path, total_steps: int) -> bool:
 def train_all(args: Args) -> None:
     from era.rl.train import train
 
-    for seed in args.seeds:
-        for task in args.tasks:
-            for head, (policy, mode) in HEADS.items():
-                out = run_dir(args, task, head, seed)
-                if is_finished(out, args.total_steps):
-                    print(f"done already: {out}", flush=True)
-                else:
-                    config = TrainConfig(
-                        env=task,
-                        algo="sac",
-                        head=policy,
-                        era_mode=mode,
-                        total_steps=args.total_steps,
-                        seed=seed,
-                        out=out,
-                        eval_every=args.eval_every,
-                        eval_episodes=args.eval_episodes,
-                        checkpoint_every=args.eval_every,
-                        resume=(out / "checkpoint.pt").exists(),
-                        progress=False,
-                        sac=SACConfig(
-                            hidden=args.hidden,
-                            batch_size=args.batch_size,
-                            learning_starts=args.learning_starts,
-                        ),
-                    )
-                    start = time.perf_counter()
-                    train(config)
-                    print(f"trained {out} in {time.perf_counter() - start:.0f} s", flush=True)
+    for task in args.tasks:
+        for head in args.heads:
+            algo, policy, mode = HEADS[head]
+            out = run_dir(args, task, head)
+            seed_dirs = [out / f"seed{seed}" for seed in args.seeds]
+            if all(is_finished(d, args.total_steps) for d in seed_dirs):
+                print(f"done already: {out}", flush=True)
+            else:
+                config = TrainConfig(
+                    env=task,
+                    algo=algo,
+                    head=policy,
+                    era_mode=mode,
+                    total_steps=args.total_steps,
+                    seeds=args.seeds,
+                    out=out,
+                    eval_every=args.eval_every,
+                    eval_episodes=args.eval_episodes,
+                    checkpoint_every=args.eval_every,
+                    resume=all((d / "checkpoint.pt").exists() for d in seed_dirs),
+                    progress=False,
+                    sac=SACConfig(
+                        hidden=args.hidden,
+                        batch_size=args.batch_size,
+                        learning_starts=args.learning_starts,
+                    ),
+                )
+                start = time.perf_counter()
+                train(config)
+                print(f"trained {out} in {time.perf_counter() - start:.0f} s", flush=True)
+            for seed, d in zip(args.seeds, seed_dirs, strict=True):
                 target = csv_copy(args, task, head, seed)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(out / "metrics.csv", target)
+                shutil.copyfile(d / "metrics.csv", target)
 
 
 def aggregate(args: Args) -> dict:
@@ -120,7 +149,7 @@ def aggregate(args: Args) -> dict:
     table = {}
     for task in args.tasks:
         row = {}
-        for head in HEADS:
+        for head in args.heads:
             finals, curves, sps = [], [], []
             for seed in args.seeds:
                 path = csv_copy(args, task, head, seed)
@@ -139,12 +168,16 @@ def aggregate(args: Args) -> dict:
                     "seeds": len(finals),
                     "steps_per_s": statistics.mean(sps),
                 }
-        if len(row) == len(HEADS):  # ratios of mean returns, meaningful where both are > 0
+        if len(row) == len(args.heads):  # ratios of mean returns, meaningful where both are > 0
             for key in ("final", "curve"):
-                era, sac = (row[h][f"{key}_return_mean"] for h in HEADS)
+                era, sac = (row[h][f"{key}_return_mean"] for h in args.heads[:2])
                 row[f"{key}_ratio_era_over_sac"] = era / sac if era > 0 and sac > 0 else None
         table[task] = row
-    result = {"args": json.loads(json.dumps(dataclasses.asdict(args), default=str)), "tasks": table}
+    result = {
+        "args": json.loads(json.dumps(dataclasses.asdict(args), default=str)),
+        "tasks": table,
+        "aggregate": rliable_aggregate(args, table),
+    }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results / "table.md").write_text(markdown(result) + "\n")
@@ -153,9 +186,10 @@ def aggregate(args: Args) -> dict:
 
 
 def markdown(result: dict) -> str:
+    first, second = result["args"]["heads"][:2]
     lines = [
-        "| task | seeds | final return SAC-ERA | final return SAC | ERA / SAC "
-        "| mean over evaluations SAC-ERA | SAC | ERA / SAC | wall steps/s ERA, SAC |",
+        f"| task | seeds | final return {first} | final return {second} | ratio "
+        f"| mean over evaluations {first} | {second} | ratio | wall steps/s per seed |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
@@ -163,10 +197,10 @@ def markdown(result: dict) -> str:
         return "–" if value is None else f"{value:.2f}"
 
     for task, row in result["tasks"].items():
-        if len(row) < len(HEADS):
+        if first not in row or second not in row:
             lines.append(f"| {task} | unfinished |" + " |" * 7)
             continue
-        era, sac = row["SAC-ERA"], row["SAC"]
+        era, sac = row[first], row[second]
         lines.append(
             f"| {task} | {era['seeds']}, {sac['seeds']} "
             f"| {era['final_return_mean']:.1f} ± {era['final_return_std']:.1f} "
@@ -177,7 +211,124 @@ def markdown(result: dict) -> str:
             f"| {ratio(row['curve_ratio_era_over_sac'])} "
             f"| {era['steps_per_s']:.0f}, {sac['steps_per_s']:.0f} |"
         )
+    agg = result.get("aggregate")
+    if agg:
+        lines += ["", f"Aggregate over {agg['tasks']} tasks x {agg['runs']} seeds (normalised "
+                  "scores, 95% stratified-bootstrap CIs):", ""]  # fmt: skip
+        lines += ["| head | IQM final | mean final |", "|---|---:|---:|"]
+        for head in (first, second):
+            iqm, mean = agg["iqm"][head], agg["mean"][head]
+            lines.append(f"| {head} | {iqm[0]:.3f} [{iqm[1]:.3f}, {iqm[2]:.3f}] "
+                         f"| {mean[0]:.3f} [{mean[1]:.3f}, {mean[2]:.3f}] |")  # fmt: skip
+        p = agg["probability_of_improvement"]
+        lines += ["", f"P({first} > {second}) = {p[0]:.3f} [{p[1]:.3f}, {p[2]:.3f}]"]
     return "\n".join(lines)
+
+
+def normalised_scores(args: Args, table: dict) -> dict[str, np.ndarray] | None:
+    """``{head: [seeds, tasks]}`` final returns, normalised per task (see the module docstring);
+    None unless every task has every seed of both heads."""
+    heads = args.heads[:2]
+    columns = {h: [] for h in heads}
+    for task in args.tasks:
+        row = table.get(task, {})
+        if not all(h in row and row[h]["seeds"] == len(args.seeds) for h in heads):
+            return None
+        finals = {h: np.array(row[h]["final_returns"]) for h in heads}
+        best = max(float(v.max()) for v in finals.values())
+        scale = 1000.0 if task.startswith("dm_control/") else max(best, 1e-9)
+        for h in heads:
+            columns[h].append(finals[h] / scale)
+    return {h: np.stack(c, axis=1) for h, c in columns.items()}
+
+
+# rliable (Agarwal et al., 2021) is the field's tool for these statistics, but its bootstrap
+# dependency (arch 7.x, the last rliable allows) does not import with pandas 3 (this project's
+# environment). The same statistics in numpy, following the paper's definitions: IQM = mean of
+# the middle 50% of all (run, task) scores; 95% percentile intervals of a bootstrap that resamples
+# runs with replacement within each task (stratified); P(X > Y) = mean over tasks of the
+# Mann-Whitney probability that a run of X beats a run of Y on that task (ties count half).
+
+
+def iqm(scores: np.ndarray) -> float:
+    """Interquartile mean of all scores (the middle 50%, by rank, as scipy's trim_mean)."""
+    flat = np.sort(scores.ravel())
+    cut = int(len(flat) * 0.25)
+    return float(flat[cut : len(flat) - cut].mean())
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    """``[runs, tasks]`` scores of two heads: mean over tasks of P(run of x > run of y)."""
+    per_task = [
+        np.mean((x[:, t, None] > y[None, :, t]) + 0.5 * (x[:, t, None] == y[None, :, t]))
+        for t in range(x.shape[1])
+    ]
+    return float(np.mean(per_task))
+
+
+def stratified_bootstrap(statistic, arrays: list[np.ndarray], reps: int, seed: int = 0):
+    """Point estimate and 95% percentile interval of ``statistic(*arrays)``; each array
+    ``[runs, tasks]`` has its runs resampled with replacement within every task."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(reps):
+        resampled = []
+        for a in arrays:
+            index = rng.integers(0, a.shape[0], size=a.shape)
+            resampled.append(np.take_along_axis(a, index, axis=0))
+        samples.append(statistic(*resampled))
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return [float(statistic(*arrays)), float(low), float(high)]
+
+
+def rliable_aggregate(args: Args, table: dict) -> dict | None:
+    """IQM and mean with stratified-bootstrap CIs, probability of improvement and performance
+    profiles of the first head against the second; the profile figure beside ``--figure``."""
+    scores = normalised_scores(args, table)
+    if scores is None:
+        return None
+    first, second = args.heads[:2]
+    mean = lambda x: float(x.mean())
+    thresholds = np.linspace(0.0, 1.0, 41)
+    profile = lambda x: np.array([(x > t).mean() for t in thresholds])
+    profiles = {}
+    for head, x in scores.items():
+        rng = np.random.default_rng(0)
+        boot = [
+            profile(np.take_along_axis(x, rng.integers(0, x.shape[0], size=x.shape), axis=0))
+            for _ in range(args.bootstrap)
+        ]
+        profiles[head] = (profile(x), *np.percentile(boot, [2.5, 97.5], axis=0))
+    plot_profiles(args, thresholds, profiles)
+    return {
+        "tasks": len(args.tasks),
+        "runs": len(args.seeds),
+        "iqm": {h: stratified_bootstrap(iqm, [x], args.bootstrap) for h, x in scores.items()},
+        "mean": {h: stratified_bootstrap(mean, [x], args.bootstrap) for h, x in scores.items()},
+        "probability_of_improvement": stratified_bootstrap(
+            probability_of_improvement, [scores[first], scores[second]], args.bootstrap
+        ),
+        "normalised_final_scores": {h: x.tolist() for h, x in scores.items()},
+    }
+
+
+def plot_profiles(args: Args, thresholds, profiles: dict) -> None:
+    """Performance profiles: fraction of runs above each normalised score, with CI bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from era.plotting import save_figure
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for head, (profile, low, high) in profiles.items():
+        ax.plot(thresholds, profile, label=head)
+        ax.fill_between(thresholds, low, high, alpha=0.2)
+    ax.set_xlabel("normalised final score τ")
+    ax.set_ylabel("fraction of runs with score > τ")
+    ax.legend()
+    save_figure(fig, args.figure.with_name(f"{args.figure.stem}_profile.png"))
 
 
 def plot(args: Args) -> None:
@@ -185,14 +336,17 @@ def plot(args: Args) -> None:
     from era.rl.cli import PlotConfig, plot
 
     for task in args.tasks:
-        runs = [args.results / task.replace("/", "_") / head for head in HEADS]
+        runs = [args.results / task.replace("/", "_") / head for head in args.heads]
         if all(any(r.glob("seed*/metrics.csv")) for r in runs):
             name = task.replace("/", "_")
             out = args.figure.with_name(f"{args.figure.stem}_{name}.png")
-            plot(PlotConfig(runs=runs, out=out, labels=list(HEADS)))
+            plot(PlotConfig(runs=runs, out=out, labels=list(args.heads)))
 
 
 def main(args: Args) -> dict:
+    unknown = sorted(set(args.heads) - set(HEADS))
+    if unknown or len(args.heads) < 2:
+        raise SystemExit(f"--heads {args.heads}: give two or more of {list(HEADS)}")
     if not args.aggregate_only:
         train_all(args)
     result = aggregate(args)

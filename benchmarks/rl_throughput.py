@@ -1,4 +1,5 @@
-"""Throughput of our SAC against Stable-Baselines3's SAC and a CleanRL-style reference loop.
+"""Throughput of our SAC (one seed, and five seeds vectorised) against Stable-Baselines3's SAC and a
+CleanRL-style reference loop, beside the machine's own matrix-product rate.
 
 All three train on the same environment (``era.rl.envs``, actions in [-1, 1]) with the same
 network sizes (2 x 256, ELU), batch size, one gradient update per environment step and one torch
@@ -9,6 +10,13 @@ thread, measured side by side in one process with the repetitions interleaved (a
   update) after ``--warmup`` random steps (median over ``--repeats``);
 * ``updates_per_s``: gradient updates per second on each one's filled buffer, nothing else
   running, interleaved in small blocks (see ``time_updates``).
+
+Ours also runs vectorised: ``--seeds`` seeds (default 5) stacked along a seed axis in one
+process (``era.rl.sac``). Its figures are *seed*-updates (and seed-steps) per second: one
+vectorised update advances every seed by one update. The arithmetic limit beside each row is
+the machine's one-thread rate of a 256x256x256 matrix product (fp32, and bf16 for the
+``--sac.amp bf16`` rows) divided by the matmul FLOPs of one SAC update (``update_flops``); the
+``% of limit`` column says how much of an update's time is arithmetic, the rest is overhead.
 
 A second table compares our own heads: SAC-ERA (exact and delta) against SAC(auto-alpha), the
 per-update time ratio (ERA drops the temperature update but adds its entropy solve). Ours also
@@ -24,10 +32,13 @@ The vectorised-env comparison is the exception: its worker processes' CPU time i
 count, so it uses wall time and is only indicative.
 
     OMP_NUM_THREADS=1 python benchmarks/rl_throughput.py --env Hopper-v5 --repeats 3
+
+(``--steps 300 --repeats 1`` for the quick run on a loaded machine.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -70,7 +81,11 @@ class Args:
     repeats: int = 3
     """interleaved repetitions per implementation (the median is reported)"""
     compiled: bool = True
-    """also time our SAC and SAC-ERA exact with --sac.compile"""
+    """also time our vectorised SAC and SAC-ERA exact with --sac.compile"""
+    seeds: int = 5
+    """seeds of the vectorised rows"""
+    train_loops: bool = True
+    """also time the full training loops (train env steps/s), not only the updates"""
     out: Path = Path("benchmarks/results/rl_throughput.json")
     """JSON result"""
 
@@ -262,55 +277,103 @@ def time_updates(updates: dict[str, Update], blocks: int, per_block: int) -> dic
     return {name: blocks * per_block / t for name, t in seconds.items()}
 
 
-# --- ours: the same pieces era.rl.sac.train uses (envs, buffer, agent.act / agent.update) ---
+# --- ours: the same pieces era.rl.sac.train_seeds uses (envs, buffer, agent.act / update) ---
 
 
-def _our_agent(args: Args, head: str, era_mode: str = "exact", compile: bool = False):
+@dataclass(frozen=True)
+class Ours:
+    """One configuration of our agent."""
+
+    head: str = "alpha"
+    era_mode: str = "exact"
+    seeds: int = 1
+    amp: str = "none"
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        head = "SAC auto-alpha" if self.head == "alpha" else f"SAC-ERA {self.era_mode}"
+        extras = [f"{self.seeds} seeds vectorised" if self.seeds > 1 else "1 seed"]
+        extras += ["bf16"] if self.amp == "bf16" else []
+        extras += ["compiled"] if self.compile else []
+        return f"ours ({head}; {', '.join(extras)})"
+
+
+def run_ours(args: Args, ours: Ours) -> tuple[float, Update, float]:
+    """Train seed-steps/s, the update function and the wall time of the first update and
+    action (the compile, for a compiled agent)."""
+    from era.rl.buffer import ReplayBuffer
     from era.rl.config import SACConfig, TrainConfig
     from era.rl.sac import build
 
-    sac = SACConfig(
-        hidden=args.hidden,
-        batch_size=args.batch_size,
-        learning_starts=args.warmup,
-        compile=compile,
-    )
-    config = TrainConfig(env=args.env, head=head, era_mode=era_mode, sac=sac, progress=False)
-    return build(config)
-
-
-def run_ours(
-    args: Args, head: str = "alpha", era_mode: str = "exact", compile: bool = False
-) -> tuple[float, Update, float]:
-    """Train env steps/s, the update function and the wall time of the first update and action
-    (the compile, for a compiled agent)."""
-    from era.rl.buffer import ReplayBuffer
-
-    envs, agent = _our_agent(args, head, era_mode, compile)
-    buffer = ReplayBuffer(
-        args.warmup + args.steps, envs.observation_space.shape[0], envs.action_space.shape[0]
-    )
-    obs = envs.obs
+    sac = SACConfig(hidden=args.hidden, batch_size=args.batch_size, learning_starts=args.warmup,
+                    compile=ours.compile, amp=ours.amp)  # fmt: skip
+    config = TrainConfig(env=args.env, head=ours.head, era_mode=ours.era_mode, sac=sac,
+                         progress=False)  # fmt: skip
+    envs, agent = build(config, list(range(ours.seeds)))
+    envs = envs if isinstance(envs, list) else [envs]
+    obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
+    buffer = ReplayBuffer(args.warmup + args.steps, obs_dim, act_dim, ours.seeds)
+    obs = np.stack([e.obs[0] for e in envs])
+    steps = args.steps if args.train_loops else 0
     start, first_call_s = 0.0, 0.0
-    for step in range(args.warmup + args.steps):
+    for step in range(args.warmup + steps):
         if step == args.warmup:
             wall = time.perf_counter()
-            agent.update(*buffer.sample(args.batch_size))
+            agent.update(*agent.sample_batch(buffer))
             agent.act(obs)
             first_call_s = time.perf_counter() - wall
             start = cpu_clock()
         if step < args.warmup:
-            action = torch.rand(1, *envs.action_space.shape).numpy() * 2 - 1
+            action = (agent.draw("uniform", (act_dim,), stream="explore") * 2 - 1).numpy()
         else:
             action = agent.act(obs)
-        result = envs.step(action)
-        buffer.add(obs, action, result.reward, result.next_obs, result.terminated)
-        obs = result.obs
+        results = [env.step(action[i : i + 1]) for i, env in enumerate(envs)]
+        buffer.add(obs, action, *(np.stack([getattr(r, k)[0] for r in results])
+                                  for k in ("reward", "next_obs", "terminated")))  # fmt: skip
+        obs = np.stack([r.obs[0] for r in results])
         if step >= args.warmup:
-            agent.update(*buffer.sample(args.batch_size))
-    train_sps = args.steps / (cpu_clock() - start)
-    envs.close()
-    return train_sps, lambda: agent.update(*buffer.sample(args.batch_size)), first_call_s
+            agent.update(*agent.sample_batch(buffer))
+    if args.train_loops:
+        train_sps = ours.seeds * args.steps / (cpu_clock() - start)
+    else:
+        agent.update(*agent.sample_batch(buffer))
+        train_sps = float("nan")
+    for env in envs:
+        env.close()
+    return train_sps, lambda: agent.update(*agent.sample_batch(buffer)), first_call_s
+
+
+def update_flops(args: Args, obs_dim: int, act_dim: int) -> float:
+    """Matrix-product FLOPs of one SAC update of one seed (2 hidden layers, twin critics).
+
+    Per linear layer on a batch, a forward product costs ``2 * B * in * out``, and so does each
+    of its two backward products (weight gradient, input gradient). Critic step: actor forward on
+    s', two target critics forward, two critics forward and backward (no input gradient at the
+    first layer). Actor step: actor forward, two critics forward and backward to the action
+    (input gradients only), actor backward (no input gradient at the first layer).
+    """
+    h, b = args.hidden, args.batch_size
+    actor = [(obs_dim, h), (h, h), (h, 2 * act_dim)]
+    critic = [(obs_dim + act_dim, h), (h, h), (h, 1)]
+    f = lambda layers: sum(2 * b * i * o for i, o in layers)
+    a, a1, c, c1 = f(actor), f(actor[:1]), f(critic), f(critic[:1])
+    critic_step = a + 2 * c + 2 * c + 2 * (2 * c - c1)
+    actor_step = a + 2 * c + 2 * c + (2 * a - a1)
+    return float(critic_step + actor_step)
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 256, seconds: float = 1.0) -> float:
+    """GFLOP/s of one ``size^3`` matrix product on one thread (this process's CPU time)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(10):
+        a @ b
+    n, start = 0, cpu_clock()
+    while cpu_clock() - start < seconds:
+        for _ in range(20):
+            a @ b
+        n += 20
+    return 2 * size**3 * n / (cpu_clock() - start) / 1e9
 
 
 # --- vectorised stepping: SyncVectorEnv (our choice) against AsyncVectorEnv ---
@@ -341,19 +404,37 @@ def main(args: Args) -> dict:
     torch.set_num_threads(1)
     # An empty inductor cache, so that the first compile is timed as on a fresh machine.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rl_throughput_inductor_")
+    vector = dict(seeds=args.seeds)
+    configs = [
+        Ours("alpha"), Ours("era", "exact"), Ours("era", "delta"),
+        Ours("alpha", **vector), Ours("era", "exact", **vector), Ours("era", "delta", **vector),
+        Ours("alpha", amp="bf16", **vector), Ours("era", "exact", amp="bf16", **vector),
+    ]  # fmt: skip
+    if args.compiled:
+        configs += [
+            Ours("alpha", compile=True, **vector), Ours("era", "exact", compile=True, **vector),
+            Ours("alpha", amp="bf16", compile=True, **vector),
+            Ours("era", "exact", amp="bf16", compile=True, **vector),
+        ]  # fmt: skip
     runs: dict[str, Callable[[], tuple]] = {
-        "ours (SAC auto-alpha)": lambda: run_ours(args, "alpha"),
         "Stable-Baselines3 SAC": lambda: run_sb3(args),
         "CleanRL-style reference": lambda: run_reference(args),
-        "ours (SAC-ERA exact)": lambda: run_ours(args, "era", "exact"),
-        "ours (SAC-ERA delta)": lambda: run_ours(args, "era", "delta"),
     }
-    if args.compiled:
-        runs["ours compiled (SAC auto-alpha)"] = lambda: run_ours(args, "alpha", compile=True)
-        runs["ours compiled (SAC-ERA exact)"] = lambda: run_ours(args, "era", compile=True)
+    seeds_of = {name: 1 for name in runs}
+    amp_of = {name: "none" for name in runs}
+    for ours in configs:
+        runs[ours.name] = lambda ours=ours: run_ours(args, ours)
+        seeds_of[ours.name], amp_of[ours.name] = ours.seeds, ours.amp
+    probe = make_vector_env(args.env, seed=0)
+    flops = update_flops(args, probe.single_observation_space.shape[0],
+                         probe.single_action_space.shape[0])  # fmt: skip
+    probe.close()
+    gflops = {"none": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    print(f"matmul 256^3, one thread: fp32 {gflops['none']:.0f}, bf16 {gflops['bf16']:.0f} "
+          f"GFLOP/s; one SAC update {flops / 1e9:.3f} GFLOP", flush=True)  # fmt: skip
     train_sps: dict[str, list[float]] = {name: [] for name in runs}
     compile_s: dict[str, list[float]] = {name: [] for name in runs if "compiled" in name}
-    vector: dict[str, list[float]] = {"SyncVectorEnv x4": [], "AsyncVectorEnv x4": []}
+    vector_env: dict[str, list[float]] = {"SyncVectorEnv x4": [], "AsyncVectorEnv x4": []}
     updates: dict[str, Update] = {}
     for rep in range(args.repeats):  # interleaved: every implementation once per repetition
         for name, fn in runs.items():
@@ -361,30 +442,44 @@ def main(args: Args) -> dict:
             train_sps[name].append(sps)
             if name in compile_s:
                 compile_s[name] += first_call_s
-            print(f"[{rep + 1}/{args.repeats}] {name}: {sps:.1f} train steps/s", flush=True)
-        for name in vector:
-            vector[name].append(run_vector(args, asynchronous=name.startswith("Async")))
-            print(f"[{rep + 1}/{args.repeats}] {name}: {vector[name][-1]:.0f} steps/s", flush=True)
+            print(f"[{rep + 1}/{args.repeats}] {name}: {sps:.1f} train seed-steps/s", flush=True)
+        for name in vector_env:
+            vector_env[name].append(run_vector(args, asynchronous=name.startswith("Async")))
+            print(f"[{rep + 1}/{args.repeats}] {name}: {vector_env[name][-1]:.0f} steps/s",
+                  flush=True)  # fmt: skip
     update_rate = time_updates(updates, args.blocks, args.per_block)
-    print(f"updates/s: {update_rate}", flush=True)
-
-    table = {
-        n: {"train_sps": statistics.median(train_sps[n]), "updates_per_s": update_rate[n]}
-        for n in runs
-    }
-    ours, sb3 = table["ours (SAC auto-alpha)"], table["Stable-Baselines3 SAC"]
+    gflops_after = {"none": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    limit = {k: (gflops[k] + gflops_after[k]) / 2 * 1e9 / flops for k in gflops}
+    table = {}
+    for n in runs:
+        seed_updates = update_rate[n] * seeds_of[n]
+        table[n] = {
+            "train_sps": statistics.median(train_sps[n]),
+            "seed_updates_per_s": seed_updates,
+            "percent_of_limit": 100 * seed_updates / limit[amp_of[n]],
+        }
+    sb3 = table["Stable-Baselines3 SAC"]["seed_updates_per_s"]
+    for row in table.values():
+        row["over_sb3"] = row["seed_updates_per_s"] / sb3
+    era_over_alpha = {}
+    for ours in configs:
+        if ours.head == "era":
+            alpha = dataclasses.replace(ours, head="alpha", era_mode="exact")
+            if alpha.name in table:
+                era_over_alpha[ours.name] = (
+                    table[alpha.name]["seed_updates_per_s"] / table[ours.name]["seed_updates_per_s"]
+                )
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
+        "matmul_gflops_before": gflops,
+        "matmul_gflops_after": gflops_after,
+        "update_gflop": flops / 1e9,
         "median": table,
         "train_sps_samples": train_sps,
-        "ours_over_sb3": {k: ours[k] / sb3[k] for k in ours},
-        "era_update_time_over_alpha": {
-            mode: ours["updates_per_s"] / table[f"ours (SAC-ERA {mode})"]["updates_per_s"]
-            for mode in ("exact", "delta")
-        },
+        "era_update_time_over_alpha": era_over_alpha,
         "compile_s": compile_s,
-        "vector_env_sps": {n: statistics.median(v) for n, v in vector.items()},
-        "vector_env_samples": vector,
+        "vector_env_sps": {n: statistics.median(v) for n, v in vector_env.items()},
+        "vector_env_samples": vector_env,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -394,36 +489,23 @@ def main(args: Args) -> dict:
 
 
 def markdown(result: dict) -> str:
+    g0, g1 = result["matmul_gflops_before"], result["matmul_gflops_after"]
     lines = [
-        "| implementation | train env steps/s (median) | gradient updates/s |",
-        "|---|---:|---:|",
+        f"Matrix product 256x256x256, one thread: fp32 {g0['none']:.0f} / {g1['none']:.0f} "
+        f"GFLOP/s, bf16 {g0['bf16']:.0f} / {g1['bf16']:.0f} GFLOP/s (before / after the "
+        f"timings); one SAC update of one seed is {result['update_gflop']:.3f} GFLOP of "
+        "matrix products.",
+        "",
+        "| implementation | train seed-steps/s | seed-updates/s | × SB3 | % of matmul limit |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, row in result["median"].items():
-        lines.append(f"| {name} | {row['train_sps']:.0f} | {row['updates_per_s']:.0f} |")
-    ratio = result["ours_over_sb3"]
+        lines.append(f"| {name} | {row['train_sps']:.0f} | {row['seed_updates_per_s']:.0f} | "
+                     f"{row['over_sb3']:.2f} | {row['percent_of_limit']:.0f} |")  # fmt: skip
     lines.append("")
-    lines.append(
-        f"ours / SB3: train steps/s x{ratio['train_sps']:.2f}, "
-        f"updates/s x{ratio['updates_per_s']:.2f}"
-    )
-    era = result["era_update_time_over_alpha"]
-    lines.append(
-        f"update time SAC-ERA / SAC(auto-alpha): exact {era['exact']:.2f}, delta {era['delta']:.2f}"
-    )
-    table = result["median"]
-    if "ours compiled (SAC-ERA exact)" in table:
-        sb3 = table["Stable-Baselines3 SAC"]
-        for name in ("ours compiled (SAC auto-alpha)", "ours compiled (SAC-ERA exact)"):
-            lines.append(
-                f"{name} / SB3: train steps/s x{table[name]['train_sps'] / sb3['train_sps']:.2f}, "
-                f"updates/s x{table[name]['updates_per_s'] / sb3['updates_per_s']:.2f}"
-            )
-        exact_c = table["ours compiled (SAC-ERA exact)"]["updates_per_s"]
-        lines.append(
-            "update time SAC-ERA exact compiled / SAC(auto-alpha) eager: "
-            f"{table['ours (SAC auto-alpha)']['updates_per_s'] / exact_c:.2f}, / compiled: "
-            f"{table['ours compiled (SAC auto-alpha)']['updates_per_s'] / exact_c:.2f}"
-        )
+    for name, ratio in result["era_update_time_over_alpha"].items():
+        lines.append(f"update time {name} / same with SAC auto-alpha: {ratio:.2f}")
+    if result["compile_s"]:
         times = "; ".join(
             f"{n}: " + ", ".join(f"{t:.0f}" for t in ts) for n, ts in result["compile_s"].items()
         )

@@ -52,11 +52,12 @@ def _updated_agent(head: str, compile: bool, updates: int = 4) -> tuple[SACAgent
     losses = []
     for _ in range(updates):
         batch = (
-            torch.randn(32, 11, generator=data),
-            torch.rand(32, 3, generator=data) * 2 - 1,
-            torch.randn(32, generator=data),
-            torch.randn(32, 11, generator=data),
-            (torch.rand(32, generator=data) < 0.1).float(),
+            torch.randn(1, 32, 11, generator=data),
+            torch.rand(1, 32, 3, generator=data) * 2 - 1,
+            torch.randn(1, 32, generator=data),
+            torch.randn(1, 32, 11, generator=data),
+            (torch.rand(1, 32, generator=data) < 0.1).float(),
+            *agent.draw(agent.noise, (2, 32, 3)).unbind(1),
         )
         losses.append({k: v.item() for k, v in agent.update(*batch).items()})
     return agent, losses
@@ -72,8 +73,5 @@ def test_compiled_update_matches_eager(head):
     compiled_state = compiled.state_dict()
     for name, value in eager.state_dict().items():
         torch.testing.assert_close(compiled_state[name], value, rtol=1e-4, atol=1e-5, msg=name)
-    obs = torch.randn(5, 11).numpy()
-    torch.manual_seed(2)
-    eager_action = eager.act(obs)
-    torch.manual_seed(2)
-    torch.testing.assert_close(compiled.act(obs), eager_action, rtol=1e-4, atol=1e-5)
+    obs = torch.randn(1, 11).numpy()
+    torch.testing.assert_close(compiled.act(obs), eager.act(obs), rtol=1e-4, atol=1e-5)

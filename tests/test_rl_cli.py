@@ -1,4 +1,4 @@
-"""``era rl train | plot | eval`` and ``era demo`` through their real command lines."""
+"""``era rl train | plot | eval`` through their real command lines (``era demo``: test_demo.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import csv
 import pytest
 
 from era.cli import main as era
-from era.demo import main as demo
 
 TINY = [
     "--total-steps", "200", "--eval-every", "100", "--checkpoint-every", "100",
@@ -69,27 +68,13 @@ def test_plot_of_a_directory_without_runs_fails_clearly(tmp_path, capsys):
     )
 
 
-def test_demo_writes_report_plot_and_table(tmp_path, capsys):
-    out = tmp_path / "demo"
-    argv = ["--out", str(out), "--steps", "200", "--learning-starts", "50", "--eval-every",
-            "100", "--hidden", "16", "--workers", "1"]  # fmt: skip
-    demo(argv)
-    report = (out / "report.md").read_text()
-    assert "| final return |" in report and "curves.png" in report
-    assert (out / "curves.png").stat().st_size > 10_000
-    assert "SAC-ERA vs SAC" in capsys.readouterr().out
-    # A second invocation reuses the finished runs instead of training again.
-    mtime = (out / "sac-era" / "checkpoint.pt").stat().st_mtime
-    demo(argv)
-    assert (out / "sac-era" / "checkpoint.pt").stat().st_mtime == mtime
-
-
 @pytest.mark.slow
 def test_seeds_train_in_parallel_processes(tmp_path):
     from era.runs import load_checkpoint
 
     out = tmp_path / "sweep"
-    era(["rl", "train", "--env", "InvertedPendulum-v5", "--seeds", "0", "1", "--workers", "2",
+    era(["rl", "train", "--env", "InvertedPendulum-v5", "--seeds", "0", "1", "--seed-mode",
+         "processes", "--workers", "2",
          "--out", str(out), *TINY])  # fmt: skip
     a, b = (load_checkpoint(out / f"seed{s}" / "checkpoint.pt") for s in (0, 1))
     assert a["step"] == b["step"] == 200

@@ -71,7 +71,7 @@ def test_offline_value_loss_is_minimised_at_the_expectile(tmp_path, tau):
     n = 64
     q = torch.linspace(-3.0, 5.0, n, dtype=torch.float64) ** 2 / 5  # skewed values
     value = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    agent.offline_target = Function(lambda obs, action: q.expand(2, -1))
+    agent.offline_target = Function(lambda obs, action: q.expand(1, 2, -1))  # [S=1, 2, B]
     agent.offline_value = Function(lambda obs: value.expand(obs.shape[0], 1))
     data = [t.double() for t in batch(n)]
     goal = expectile(q.numpy(), tau)
@@ -127,7 +127,9 @@ def test_behaviour_cloning_acts_only_where_the_offline_value_is_higher(tmp_path,
     torch.testing.assert_close(shut[0][0], shut[1][0])
 
     agent = agent_with(1e6, 10.0)
-    log_likelihood = lambda: agent.actor(obs).log_prob(action.clamp(-1 + 1e-6, 1 - 1e-6)).mean()  # noqa: E731
+    log_likelihood = lambda: (
+        agent.policy(obs).log_prob(action.clamp(-1 + 1e-6, 1 - 1e-6)[None]).mean()
+    )  # noqa: E731
     start = log_likelihood().item()
     for _ in range(5):
         loss, _, active = agent.actor_loss(obs, action)
@@ -174,7 +176,7 @@ def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(tmp
     agent = OBACAgent(whole, OBS, ACT)
     agent.load_checkpoint_state(a["agent"])
     agent.double()
-    entropy = agent.actor(a["buffer"]["obs"].double()).entropy()
+    entropy = agent.policy(a["buffer"]["obs"].double()).entropy()[0]
     assert entropy.dtype == torch.float64 and entropy.shape == (120,)
     torch.testing.assert_close(entropy, torch.full_like(entropy, -0.5 * ACT), atol=1e-5, rtol=0)
 

@@ -13,6 +13,7 @@ from era.rl import SACConfig, TrainConfig, train
 from era.rl import sac as sac_module
 from era.rl.buffer import ReplayBuffer
 from era.rl.networks import TwinCritic
+from era.rl.sac import SACAgent
 from era.rl.train import CHECKPOINT
 from era.rl.vec_env import ReplayableEnvs
 from era.runs import DivergenceError, RunError, load_checkpoint
@@ -110,8 +111,9 @@ def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch, 
         assert float(by_step[r["step"]]["return_mean"]) == pytest.approx(float(r["return_mean"]))
 
 
-def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    config = tiny(tmp_path, total_steps=600, eval_every=200, checkpoint_every=200)
+@pytest.mark.parametrize("seeds", [None, [0, 1]])
+def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, seeds):
+    config = tiny(tmp_path, total_steps=600, eval_every=200, checkpoint_every=200, seeds=seeds)
     real_update = sac_module.SACAgent.update
     calls = {"n": 0}
 
@@ -119,15 +121,17 @@ def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, 
         calls["n"] += 1
         losses = real_update(self, *batch)
         if calls["n"] > 250:  # blows up between the checkpoints at steps 200 and 400
-            losses["qf_loss"] = torch.tensor(float("nan"))
+            losses["qf_loss"][-1] = float("nan")  # in the last seed only
         return losses
 
     monkeypatch.setattr(sac_module.SACAgent, "update", poisoned)
-    with pytest.raises(DivergenceError, match="qf_loss"):
+    # a vectorised run stops as a whole and names the seed
+    with pytest.raises(DivergenceError, match=r"qf_loss \(seed 1\)" if seeds else "qf_loss"):
         train(config)
-    checkpoint = load_checkpoint(config.out / CHECKPOINT)
-    assert checkpoint["step"] == 200
-    assert all(torch.isfinite(v).all() for v in checkpoint["agent"]["modules"].values())
+    for out in [config.out / f"seed{s}" for s in seeds] if seeds else [config.out]:
+        checkpoint = load_checkpoint(out / CHECKPOINT)
+        assert checkpoint["step"] == 200
+        assert all(torch.isfinite(v).all() for v in checkpoint["agent"]["modules"].values())
 
 
 def test_bad_configurations_fail_before_training(tmp_path):
@@ -171,40 +175,134 @@ def test_replayable_envs_restore_mid_episode_state():
 
 
 def test_replay_buffer_ring_and_state_round_trip():
-    buffer = ReplayBuffer(5, obs_dim=2, act_dim=1)
-    for i in range(7):
-        buffer.add([[i, i]], [[i]], [i], [[i + 1, i + 1]], [i % 2])
+    buffer = ReplayBuffer(5, obs_dim=2, act_dim=1, seeds=2)
+    for i in range(7):  # seed 1's transitions are seed 0's plus 100
+        buffer.add([[i, i], [i + 100, i + 100]], [[i], [i + 100]], [i, i + 100],
+                   [[i + 1, i + 1], [i + 101, i + 101]], [i % 2, i % 2])  # fmt: skip
     assert buffer.size == 5 and buffer.pos == 2
-    assert sorted(buffer.reward.tolist()) == [2, 3, 4, 5, 6]  # the oldest two were overwritten
+    state = buffer.state_dict(1)
+    assert sorted(state["reward"].tolist()) == [102, 103, 104, 105, 106]  # oldest overwritten
+    index = torch.tensor([[0, 1, 4, 4], [2, 3, 0, 1]])
+    obs, action, reward, next_obs, terminated = buffer.sample(index)
+    assert obs.shape == (2, 4, 2) and reward.shape == terminated.shape == (2, 4)
+    torch.testing.assert_close(next_obs, obs + 1)  # next_obs stays paired with obs
+    torch.testing.assert_close(obs[..., 0], reward)
+    torch.testing.assert_close(action[..., 0], reward)
+    assert (reward[1] >= 100).all() and (reward[0] < 100).all()  # each seed its own buffer
     copy = ReplayBuffer(5, obs_dim=2, act_dim=1)
-    copy.load_state_dict(buffer.state_dict())
-    torch.manual_seed(0)
-    first = buffer.sample(8)
-    torch.manual_seed(0)
-    for x, y in zip(first, copy.sample(8), strict=True):
-        torch.testing.assert_close(x, y)
-    # next_obs stays paired with obs
-    obs, _, reward, next_obs, _ = first
-    torch.testing.assert_close(next_obs, obs + 1)
-    torch.testing.assert_close(obs[:, 0], reward)
+    copy.load_state_dict(state)
+    torch.testing.assert_close(copy.sample(index[1:])[2][0], reward[1])
     # into a larger buffer (an extended run): the 5 kept transitions, oldest first, then new ones
     larger = ReplayBuffer(8, obs_dim=2, act_dim=1)
-    larger.load_state_dict(buffer.state_dict())
+    larger.load_state_dict(buffer.state_dict(0))
     larger.add([[7, 7]], [[7]], [7], [[8, 8]], [1])
-    assert larger.reward[:6].tolist() == [2, 3, 4, 5, 6, 7] and larger.size == 6
+    assert larger.state_dict()["reward"].tolist() == [2, 3, 4, 5, 6, 7] and larger.size == 6
     smaller = ReplayBuffer(3, obs_dim=2, act_dim=1)
-    smaller.load_state_dict(buffer.state_dict())
-    assert smaller.reward.tolist() == [4, 5, 6] and smaller.pos == 0
+    smaller.load_state_dict(buffer.state_dict(0))
+    assert smaller.state_dict()["reward"].tolist() == [4, 5, 6] and smaller.pos == 0
 
 
-def test_twin_critics_are_independent_networks():
-    critic = TwinCritic(obs_dim=4, act_dim=2, hidden=16, layers=2)
-    obs, action = torch.randn(8, 4), torch.randn(8, 2)
+def test_twin_critics_of_every_seed_are_independent_networks():
+    critic = TwinCritic(obs_dim=4, act_dim=2, hidden=16, layers=2, seeds=3)
+    for i in range(3):
+        critic.init_member(i, torch.Generator().manual_seed(i))
+    obs, action = torch.randn(3, 8, 4), torch.randn(3, 8, 2)
     q = critic(obs, action)
-    assert q.shape == (2, 8)
-    assert not torch.allclose(q[0], q[1])
-    q[0].sum().backward()
-    for p in critic.parameters():  # member 1's slice gets no gradient from member 0's output
-        assert p.grad.shape[-3 if p.dim() == 4 else 0] == 2
-        grad_1 = p.grad[:, 1] if p.dim() == 4 else p.grad[1]
-        assert torch.count_nonzero(grad_1) == 0
+    assert q.shape == (3, 2, 8)
+    assert not torch.allclose(q[1, 0], q[1, 1])
+    q[1, 0].sum().backward()
+    for name, p in critic.named_parameters():  # only seed 1's critic 0 gets a gradient
+        critic_axis = 2 if name.startswith("norm") else 1
+        touched = p.grad.movedim(critic_axis, 1).flatten(2).abs().sum(-1) > 0
+        assert touched.tolist() == [[False, False], [True, False], [False, False]], name
+
+
+def batches(obs_dim: int, act_dim: int, seeds: int, size: int, n: int):
+    """``n`` replay batches ``[seeds, size, ...]``; seed ``s``'s data depends only on ``s``."""
+    out = []
+    for _ in range(n):
+        fields = []
+        for s in range(seeds):
+            g = torch.Generator().manual_seed(1000 * s + len(out))
+            fields.append((
+                torch.randn(size, obs_dim, generator=g),
+                torch.rand(size, act_dim, generator=g) * 2 - 1,
+                torch.randn(size, generator=g),
+                torch.randn(size, obs_dim, generator=g),
+                (torch.rand(size, generator=g) < 0.1).float(),
+            ))  # fmt: skip
+        out.append([torch.stack(f) for f in zip(*fields, strict=True)])
+    return out
+
+
+@pytest.mark.parametrize("head, era_mode", [("era", "exact"), ("era", "delta"), ("alpha", "exact")])
+def test_seed_of_a_vectorised_agent_updates_like_the_single_seed_agent(head, era_mode):
+    """Seed s of S stacked seeds: same initial weights, noise, losses and updated weights as the
+    agent of seed s alone. Only float rounding may differ (a batched matmul may block the
+    product differently), so the tolerance is a few float32 ulps grown over 5 Adam steps."""
+    config = TrainConfig(head=head, era_mode=era_mode, sac=SACConfig(hidden=32, batch_size=16))
+    both = SACAgent(config, obs_dim=5, act_dim=2, seeds=[7, 3])
+    alone = SACAgent(config, obs_dim=5, act_dim=2, seeds=[3])
+    for name, value in alone.state_dict().items():
+        torch.testing.assert_close(both.state_dict()[name][1:], value, rtol=0, atol=0)
+    for batch in batches(5, 2, seeds=2, size=16, n=5):
+        noise = both.draw(both.noise, (2, 16, 2))
+        torch.testing.assert_close(noise[1:], alone.draw(alone.noise, (2, 16, 2)), rtol=0, atol=0)
+        a = both.update(*batch, noise[:, 0], noise[:, 1])
+        b = alone.update(*(x[1:] for x in batch), noise[1:, 0], noise[1:, 1])
+        for k in b:
+            torch.testing.assert_close(a[k][1:], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    for name, value in alone.state_dict().items():
+        torch.testing.assert_close(both.state_dict()[name][1:], value, rtol=1e-5, atol=1e-6)
+    obs = torch.randn(2, 5).numpy()
+    torch.testing.assert_close(both.act(obs)[1:], alone.act(obs[1:]), rtol=1e-5, atol=1e-6)
+
+
+def test_seed_of_a_vectorised_run_matches_its_single_run(tmp_path):
+    """End to end: environment, warm-up, replay sampling, updates, evaluation and checkpoint of
+    seed 1 trained beside seed 0 equal those of seed 1 trained alone. Rounding differences
+    (see above) could grow through 200 updates and the environment, hence rtol=1e-3."""
+    config = tiny(tmp_path, head="alpha", seeds=[0, 1], out=tmp_path / "vector")
+    runs = train(config)
+    assert runs == [config.out / "seed0", config.out / "seed1"]
+    (single,) = train(dataclasses.replace(config, seeds=None, seed=1, out=tmp_path / "single"))
+    for name in ("config.json", "versions.json", "summary.json", "metrics.csv", CHECKPOINT):
+        assert (runs[1] / name).is_file(), name
+    a, b = load_checkpoint(runs[1] / CHECKPOINT), load_checkpoint(single / CHECKPOINT)
+    assert a["config"] | {"out": ""} == b["config"] | {"out": ""}
+    for name, value in b["agent"]["modules"].items():
+        torch.testing.assert_close(a["agent"]["modules"][name], value, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(a["buffer"]["obs"], b["buffer"]["obs"], rtol=1e-3, atol=1e-5)
+    for x, y in zip(rows(runs[1]), rows(single), strict=True):
+        for key in ("return_mean", "qf_loss", "actor_loss", "alpha"):
+            assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-3, abs=1e-5), key
+    assert float(rows(runs[0])[-1]["return_mean"]) != float(rows(runs[1])[-1]["return_mean"])
+
+
+def test_interrupted_vectorised_run_resumes_like_the_unsplit_run(tmp_path, monkeypatch):
+    whole = tiny(tmp_path, seeds=[0, 1], era_mode="delta", out=tmp_path / "whole")
+    train(whole)
+    split = dataclasses.replace(whole, out=tmp_path / "split")
+    interrupt_after(monkeypatch, sac_module, 170)
+    train(split)
+    monkeypatch.undo()
+    train(dataclasses.replace(split, resume=True))
+    for seed in (0, 1):
+        a = load_checkpoint(whole.out / f"seed{seed}" / CHECKPOINT)
+        b = load_checkpoint(split.out / f"seed{seed}" / CHECKPOINT)
+        assert a["step"] == b["step"] == 300
+        for name, value in a["agent"]["modules"].items():
+            torch.testing.assert_close(b["agent"]["modules"][name], value, msg=name)
+        torch.testing.assert_close(b["buffer"]["obs"], a["buffer"]["obs"])
+
+
+def test_device_option_resolves_and_refuses_a_missing_gpu():
+    from era.rl.sac import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cuda")
+    else:
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="device='cuda'"):
+            resolve_device("cuda")

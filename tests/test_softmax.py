@@ -205,7 +205,7 @@ def test_output_grad_finite_for_saturated_logits():
 
 
 def paper_formula(z: torch.Tensor, min_entropy: float, tau: float, exact: bool) -> torch.Tensor:
-    """The spec's formula written out directly, in float64."""
+    """The formula of docs/activations.md §2 written out directly, in float64."""
     n = z.shape[-1]
     p = torch.softmax(z.double(), -1)
     c = math.exp(min_entropy - 1)
@@ -231,7 +231,7 @@ def test_paper_floor_matches_formula(inverse):
     [(10, "exact", 0.97, 0.79), (1000, "exact", 1.12, 0.89), (1000, "approx", 1.46, 0.85)],
 )
 def test_paper_floor_is_loose(n, inverse, expected_min, expected_top):
-    """Spec §2: with τ = 4, H0 = 0.6 the paper's floor sits far above 0.6."""
+    """docs/activations.md §2: with τ = 4, H0 = 0.6 the paper's floor sits far above 0.6."""
     era = SoftmaxERA(n, 0.6, floor="paper", inverse=inverse)
     h = entropy(era(random_logits(n, 2000, 1e3, seed=4)))
     assert h.min() == pytest.approx(expected_min, abs=0.01)
@@ -297,7 +297,7 @@ def test_module_matches_function_and_dim_argument():
     ],
 )
 def test_infeasible_min_entropy_names_the_interval(n, tau, floor, bad, interval):
-    u_max = math.log(tau) / tau  # the interval in the message, recomputed from the spec
+    u_max = math.log(tau) / tau  # the interval in the message, recomputed (activations.md §2)
     low, high = (
         (0, math.log(n)) if floor == "tight" else (1 + math.log(u_max), 1 + math.log(n * u_max))
     )
@@ -331,3 +331,37 @@ def test_wrong_shape_or_dtype_at_call():
         SoftmaxERA(10, 0.5)(torch.zeros(4, 9))
     with pytest.raises(TypeError, match="floating-point"):
         softmax_era(torch.zeros(4, 10, dtype=torch.long), 0.5)
+
+
+# --- inputs outside the domain ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inverse,floor", [("exact", "tight"), ("approx", "paper")])
+@pytest.mark.parametrize(
+    "row", [[math.nan, 0.0, 1.0, 2.0], [math.inf, 0.0, 1.0, 2.0], [-math.inf] * 4]
+)
+def test_rows_without_a_distribution_raise(row, inverse, floor):
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0], row, row])
+    with pytest.raises(ValueError, match=r"^logits has 2 row\(s\) without a distribution"):
+        SoftmaxERA(4, 0.5, floor=floor, inverse=inverse)(logits)
+    with pytest.raises(ValueError, match="logits has 2 row"):
+        softmax_era(logits.T, 0.5, floor=floor, inverse=inverse, dim=0)
+
+
+def test_minus_inf_logits_are_classes_with_probability_zero():
+    """-inf is a legitimate logit (a masked class): it gets the smallest share, the floor holds."""
+    era = SoftmaxERA(5, 0.8)
+    logits = torch.tensor([[-math.inf, 0.0, 1.0, 2.0, 30.0], [-math.inf] * 4 + [0.0]])
+    out = era(logits)
+    assert torch.isfinite(out).all()
+    assert (entropy(out) >= 0.8 - 1e-4).all()  # the float32 guarantee of docs/activations.md
+    assert torch.equal(out[1, :4], out[1, :1].expand(4))  # all four masked classes alike
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_empty_batch_gives_an_empty_result(dtype):
+    logits = torch.zeros(0, 7, dtype=dtype, requires_grad=True)
+    out = SoftmaxERA(7, 1.0)(logits)
+    assert out.shape == (0, 7) and out.dtype == dtype
+    out.sum().backward()
+    assert logits.grad.shape == (0, 7)

@@ -166,7 +166,8 @@ def test_era_scales_band_edges_and_disabling():
     # The band is closed: entropies exactly at low or high are in band.
     assert era_scales(h[:2], adv[:2])[0].tolist() == [1.0, 1.0]
     assert era_scales(h, adv, low=-math.inf, high=math.inf)[0].tolist() == [1.0] * 4
-    assert era_scales(h, adv, k=1.0)[0].tolist() == [1.0] * 4
+    with pytest.raises(ValueError, match="k must be finite and > 1"):  # off is an infinite band
+        era_scales(h, adv, k=1.0)
     assert era_scales(h, adv, low=-math.inf)[0].tolist() == [1.0, 1.0, 1.0, 0.5]
 
 
@@ -333,3 +334,66 @@ def test_bad_types_raise_type_error():
         token_logprobs(_logits(), _labels().int())
     with pytest.raises(TypeError, match="logits"):
         token_entropy(torch.ones(3, 4, dtype=torch.long))
+
+
+# --- inputs outside the domain ----------------------------------------------------------------
+
+TOKEN_CALLS = {
+    "entropy": lambda x, labels, top_k: token_entropy(x, chunk_size=4),
+    "logprobs": lambda x, labels, top_k: token_logprobs(x, labels, top_k=top_k, chunk_size=4),
+    "both": lambda x, labels, top_k: token_logprobs_and_entropy(x, labels, top_k=top_k),
+}
+
+
+@pytest.mark.parametrize("call", TOKEN_CALLS)
+@pytest.mark.parametrize("top_k", [None, 3])
+@pytest.mark.parametrize("bad", ["nan", "+inf", "all -inf"])
+def test_rows_without_a_distribution_raise(call, top_k, bad):
+    """Whatever the label: with +inf the top-k path used to give a finite log-prob."""
+    logits = _logits()
+    labels = torch.zeros(B, T, dtype=torch.long)  # label 0, which the bad entry avoids
+    if bad == "all -inf":
+        logits[1, 2] = -math.inf
+    else:
+        logits[1, 2, 5] = math.nan if bad == "nan" else math.inf
+    with pytest.raises(ValueError, match=r"^logits has 1 row\(s\) without a distribution"):
+        TOKEN_CALLS[call](logits, labels, top_k)
+
+
+@pytest.mark.parametrize("call", TOKEN_CALLS)
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_empty_batch_gives_empty_results(call, top_k):
+    logits = torch.zeros(0, T, V, requires_grad=True)
+    out = TOKEN_CALLS[call](logits, torch.zeros(0, T, dtype=torch.long), top_k)
+    first = out[0] if isinstance(out, tuple) else out
+    assert first.shape == (0, T)
+    first.sum().backward()
+    assert logits.grad.shape == (0, T, V)
+    h = response_entropy(torch.zeros(0, T), torch.zeros(0, T))
+    logit_scale, adv_scale = era_scales(h, torch.zeros(0))
+    assert h.shape == logit_scale.shape == adv_scale.shape == (0,)
+
+
+def test_mixed_dtypes_compute_in_float32():
+    """bfloat16 logits with a float64 scale: float32 work, same as a float32 scale."""
+    logits, labels = _logits(torch.bfloat16), _labels()
+    scale = torch.tensor([[2.0], [1.0], [0.5]], dtype=torch.float64)
+    got = token_logprobs(logits, labels, scale=scale)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, token_logprobs(logits, labels, scale=scale.float()))
+    logit_scale, _ = era_scales(torch.tensor([0.1, 1.0, 9.0]), torch.ones(3, dtype=torch.bfloat16))
+    assert logit_scale.dtype == torch.bfloat16 and logit_scale.tolist() == [2.0, 1.0, 0.5]
+
+
+def test_nan_in_the_band_decision_raises():
+    """NaN compares False on both sides of the band: it would silently leave a row unscaled."""
+    with pytest.raises(ValueError, match="response_entropy contains NaN"):
+        era_scales(torch.tensor([0.1, math.nan]), torch.ones(2))
+    with pytest.raises(ValueError, match="advantages contains NaN"):
+        era_scales(torch.tensor([0.1, 1.0]), torch.tensor([1.0, math.nan]))
+    entropy, mask = torch.ones(2, 3), torch.tensor([[1, 1, 0], [1, 0, 0]])
+    entropy[0, 2] = math.nan  # masked out: ignored
+    assert torch.equal(response_entropy(entropy, mask), torch.ones(2))
+    entropy[1, 0] = math.nan
+    with pytest.raises(ValueError, match="entropy contains NaN at masked-in tokens"):
+        response_entropy(entropy, mask)

@@ -8,11 +8,16 @@ construction, so the training loss needs no entropy term:
 * :mod:`era.token` — token-level ERA for LLM policy-gradient updates.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from era.distributions import TanhNormal, TruncatedNormal
 from era.gaussian import EntropyCompensation, GaussianERA
 from era.softmax import SoftmaxERA, feasible_min_entropy, lambertw_m1, softmax_era
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("era-activation")  # the installed distribution's, from pyproject.toml
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "EntropyCompensation",

@@ -2,7 +2,7 @@
 
 Both are per-dimension distributions (event shape ``()``), like ``torch.distributions.Normal``:
 wrap them in ``Independent(..., 1)`` for a multivariate action. ``era.gaussian`` builds its
-bounded ERA policies from them (spec §1.2).
+bounded ERA policies from them (docs/activations.md §1, "Bounded actions").
 
 The truncated normal is written for the regimes a policy actually visits, including the awkward
 ones: locations far outside ``[low, high]`` relative to the scale, tiny scales, scales much wider
@@ -145,8 +145,8 @@ class TruncatedNormal(Distribution):
     """Normal(loc, scale) restricted to ``[low, high]`` and renormalised.
 
     Differentiable sampling by the inverse CDF. ``mode`` is ``loc`` clamped into the interval;
-    ``entropy`` is analytic (spec §1.2). Batch shape: the broadcast of all four arguments.
-    ``low`` and ``high`` must be finite with ``low < high``.
+    ``entropy`` is analytic (docs/activations.md §1). Batch shape: the broadcast of all four
+    arguments. ``low`` and ``high`` must be finite with ``low < high``.
 
     Locations outside the interval take a slower, cancellation-free path (see ``_Tail``); when
     every location is inside only the short formulas run. ``loc_inside=True`` promises that

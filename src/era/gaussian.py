@@ -1,4 +1,6 @@
-"""Gaussian ERA: continuous-action policies whose entropy is fixed by construction (spec §1).
+"""Gaussian ERA: continuous-action policies whose entropy is fixed by construction.
+
+The maths and the choices made are in ``docs/activations.md`` §1.
 
 The network outputs a mean and a raw vector ``pre_std`` per action dimension. ``GaussianERA``
 turns them into a distribution whose entropy equals a target ``H0`` in every state, so the
@@ -7,7 +9,7 @@ training loss needs no entropy term:
 * ``bound="none"``: a Gaussian. ``w = softmax(pre_std)`` splits a fixed log-std budget across
   dimensions, ``log sigma_i = max(log_std_max + K * w_i, log_std_min)`` with
   ``K = H0 - D*log(sqrt(2*pi*e)) - D*log_std_max``, so the entropy is exactly ``H0`` (the lower
-  clip can only raise it). Spec §1.1.
+  clip can only raise it).
 * ``bound="truncated"``: a truncated normal on ``[low, high]`` located at the tanh of the mean.
   ``mode="exact"`` (ours) makes its entropy exactly ``H0`` in every state (see
   ``_ExactTruncatedLogStd``); ``mode="delta"`` is the paper's: the underlying Gaussian gets
@@ -53,7 +55,9 @@ _TANH_ENTROPY_SAMPLES = 16
 
 
 class EntropyCompensation(nn.Module):
-    """The paper's delta >= 0: the Gaussian's target becomes ``H0 + delta`` (spec §1.2).
+    """The paper's delta >= 0: the Gaussian's target becomes ``H0 + delta``.
+
+    See docs/activations.md §1, "Bounded actions".
 
     Learned like SAC's temperature, by dual descent on ``loss(entropy)`` =
     ``mean_s delta * (H(s) - H0)`` with the entropy detached: delta rises while the measured
@@ -107,10 +111,15 @@ class ERADistribution(Independent):
 
     unreachable: torch.Tensor
 
+    # Sums over the action dimension written out: Independent's reshape(..., -1) fails on an
+    # empty batch.
+    def log_prob(self, value):
+        return self.base_dist.log_prob(value).sum(-1)
+
     def entropy(self):
         if isinstance(self.base_dist, TanhNormal):
             return self.base_dist.entropy_estimate(_TANH_ENTROPY_SAMPLES).sum(-1)
-        return super().entropy()
+        return self.base_dist.entropy().sum(-1)
 
 
 class GaussianERA(nn.Module):
@@ -119,7 +128,7 @@ class GaussianERA(nn.Module):
     Args:
         action_dim: D, the number of action dimensions.
         target_entropy: H0 in nats for the whole action; default ``-0.5 * D``, the paper's SAC
-            default ``H0 = -D/2`` (spec §1.3; the authors' released code sets the Gaussian's
+            default ``H0 = -D/2`` (the authors' released code sets the Gaussian's
             target to 0.25*D, which with truncation lands elsewhere).
         bound: ``"none"`` (Gaussian), ``"truncated"`` (truncated normal on [low, high]) or
             ``"tanh"`` (tanh-squashed Gaussian scaled to [low, high]).
@@ -130,7 +139,7 @@ class GaussianERA(nn.Module):
             [0.0067, 7.39] in action units. sigma_max = e^2 matters for the truncated policy
             on [-1, 1]: there it is within 1e-4 nats of uniform wherever its location lies,
             so every per-dimension target up to log(high - low) - 0.001 is reachable in exact
-            mode (spec §1.2); the authors' log_std_max = 0 caps a dimension whose location sits
+            mode; the authors' log_std_max = 0 caps a dimension whose location sits
             at a bound at 0.57 nats. sigma_min = e^-5 allows targets down to
             D*(log(sqrt(2*pi*e)) - 5) = -3.58*D, far below the defaults, while keeping
             1/sigma^2 moderate in float32. For bounds wider than [-1, 1], scale both with
@@ -142,6 +151,14 @@ class GaussianERA(nn.Module):
     (summed over D), ``entropy()`` per state, ``mode`` (the deterministic action, in
     [low, high] when bounded), ``base_dist.loc/.scale`` and ``unreachable``.
     ``last_unreachable`` counts the unreachable states of the last call.
+
+    Inputs: ``mean`` and ``pre_std`` must be finite. A NaN or infinite entry raises a
+    ``ValueError`` naming the argument (one reduction per argument and call; on a GPU, one
+    host synchronisation). Inside ``torch.compile`` that data-dependent check is skipped: the
+    state's distribution then has a NaN scale, never a silent sigma_max. Mixed dtypes are
+    promoted (float32 at least), so a bfloat16 ``pre_std`` beside a float32 ``mean`` is solved
+    in float32 and the target holds to float32 precision. An empty batch (``[0, D]``) gives an
+    empty distribution.
     """
 
     def __init__(
@@ -233,8 +250,10 @@ class GaussianERA(nn.Module):
 
     def forward(self, mean: torch.Tensor, pre_std: torch.Tensor) -> ERADistribution:
         self._check_inputs(mean, pre_std)
-        if mean.dtype in (torch.float16, torch.bfloat16):  # entropies need float32 at least
-            mean, pre_std = mean.float(), pre_std.float()
+        # one dtype for both, float32 at least: entropies need it, and a half-precision
+        # pre_std would round the log-std budget and move the target
+        dtype = torch.promote_types(torch.promote_types(mean.dtype, pre_std.dtype), torch.float32)
+        mean, pre_std = mean.to(dtype), pre_std.to(dtype)
         log_w = torch.log_softmax(pre_std, dim=-1)
         unreachable = torch.zeros(mean.shape[:-1], dtype=torch.bool, device=mean.device)
         if self.bound == "truncated":
@@ -268,7 +287,10 @@ class GaussianERA(nn.Module):
         return dist
 
     def _gaussian_log_std(self, log_w: torch.Tensor) -> torch.Tensor:
-        """Spec §1.1: split the log-std budget by w so the Gaussian's entropy is the target."""
+        """Split the log-std budget by w so the Gaussian's entropy is the target.
+
+        The identity of docs/activations.md §1.
+        """
         target = torch.as_tensor(self.target_entropy, dtype=log_w.dtype, device=log_w.device)
         if self.compensation is not None:
             target = target + self.compensation.delta.to(log_w)
@@ -290,6 +312,15 @@ class GaussianERA(nn.Module):
                 f"(action_dim={self.action_dim}), got {tuple(mean.shape)} and "
                 f"{tuple(pre_std.shape)}"
             )
+        if torch.compiler.is_compiling():  # a data-dependent branch would break the graph
+            return
+        for name, x in (("mean", mean), ("pre_std", pre_std)):
+            if not bool(torch.isfinite(x).all()):
+                bad = int((~torch.isfinite(x)).sum())
+                raise ValueError(
+                    f"{name} has {bad} non-finite entries (NaN or inf) among {x.numel()}; "
+                    "GaussianERA needs finite network outputs"
+                )
 
     def extra_repr(self) -> str:
         return (
@@ -302,16 +333,17 @@ class GaussianERA(nn.Module):
 class _ExactTruncatedLogStd(torch.autograd.Function):
     """Per-state log-stds whose truncated-normal entropies sum exactly to the target.
 
-    Spec §1.1 removes entropy from each dimension in proportion to ``w = softmax(pre_std)``:
-    for a Gaussian, removing ``w_i * B`` nats from dimension i is the same as lowering its
-    log-std by ``w_i * B``. We apply that split to the truncated normal's own entropies:
+    The Gaussian identity (docs/activations.md §1) removes entropy from each dimension in
+    proportion to ``w = softmax(pre_std)``: for a Gaussian, removing ``w_i * B`` nats from
+    dimension i is the same as lowering its log-std by ``w_i * B``. We apply that split to the
+    truncated normal's own entropies:
 
     1. Each dimension's entropy ranges over [h_min_i, h_max_i] (at sigma_min, sigma_max).
     2. The budget ``B = sum_i h_max_i - target`` is split as ``min(w_i * level, cap_i)``,
        ``cap_i = h_max_i - h_min_i``, with the level chosen so the parts sum to B
        (water-filling: what a capped dimension cannot give, the others give in proportion
        to their weights). This is piecewise linear, solved exactly after one sort. For an
-       untruncated Gaussian it is exactly the root over K that spec §1.2 describes.
+       untruncated Gaussian it is exactly the root over K that the clipped identity asks for.
     3. Each dimension then inverts its own entropy, monotone in log sigma, by Newton steps on
        ``phi(H) = -log(expm1(-4*(H - log W)))/4`` (W = high - low), which is close to linear
        in log sigma both where the entropy grows like log sigma and where it saturates
@@ -357,10 +389,10 @@ class _ExactTruncatedLogStd(torch.autograd.Function):
 
         ctx.mark_non_differentiable(unreachable)
         if not with_grad:
-            return torch.where(log_std < l_top, log_std, l_max).to(dtype), unreachable
+            return torch.where(log_std >= l_top, l_max, log_std).to(dtype), unreachable
         _, slope, d_loc = inside_entropy(to_low, to_high, log_std, slope=True, loc_grad=True)
         interior = (log_std > l_min) & (log_std < l_top)  # elsewhere log_std is constant
-        log_std = torch.where(log_std < l_top, log_std, l_max)
+        log_std = torch.where(log_std >= l_top, l_max, log_std)  # NaN stays NaN
         inv_slope = torch.where(interior, 1 / slope, torch.zeros_like(slope))
         # d(own entropy goal)/d(loc): h_min for capped dims, h_max for the others
         d_goal = torch.where(capped, dh_ext[1], dh_ext[0])

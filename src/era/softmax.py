@@ -1,4 +1,4 @@
-"""Softmax ERA for discrete outputs (ERA paper, arXiv 2510.08549; §2 of the spec).
+"""Softmax ERA for discrete outputs (ERA paper, arXiv 2510.08549; docs/activations.md §2).
 
 A classifier's logits ``z`` become ERA logits ``z'`` whose softmax never has less entropy than
 ``min_entropy``, whatever ``z`` is. With ``p = softmax(z)`` each class gets an entropy share
@@ -275,6 +275,13 @@ def _softmax_era(logits: Tensor, shares: tuple, inverse: str, dim: int) -> Tenso
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
     _, slope, offset = shares
     p = torch.softmax(logits.to(compute), dim=dim)
+    # NaN in p marks a row with a NaN or +inf logit, or with every logit -inf: no distribution.
+    if not torch.compiler.is_compiling() and bool(torch.isnan(p).any()):
+        rows = int(torch.isnan(p).any(dim).sum())
+        raise ValueError(
+            f"logits has {rows} row(s) without a distribution: a NaN or +inf entry, or every "
+            "entry -inf; ERA needs finite logits (-inf is allowed: a class with probability 0)"
+        )
     return _era_from_probs(p, slope, offset, inverse).to(logits.dtype)
 
 
@@ -299,6 +306,11 @@ def softmax_era(
     must lie in :func:`feasible_min_entropy`. The constants are solved once per argument set and
     cached. With half/bfloat16 logits the returned logits are rounded to that dtype, which can move
     the entropy by about 1e-3 nats; pass float32 logits where the floor must hold to 1e-4.
+
+    A logit of -inf is a class with probability 0 before ERA (it gets the smallest share after).
+    A row with a NaN or +inf logit, or with every logit -inf, raises a ``ValueError`` (one
+    reduction per call, a host synchronisation on a GPU; skipped inside ``torch.compile``, where
+    such a row comes out NaN). An empty batch gives an empty result.
     """
     n = logits.shape[dim]
     return _softmax_era(
@@ -310,7 +322,7 @@ class SoftmaxERA(nn.Module):
     """ERA as a classifier's last activation: logits ``[..., num_classes]`` → ERA logits.
 
     Train with plain cross-entropy on the output (no entropy term); the model's probabilities are
-    ``softmax`` of the output. See :func:`softmax_era`.
+    ``softmax`` of the output. See :func:`softmax_era`, also for non-finite logits.
 
     Attributes (plain floats, not buffers: they follow from the arguments, and ``model.half()``
     would otherwise round them and move the floor):

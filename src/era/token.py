@@ -1,4 +1,4 @@
-"""Token-level ERA for RL fine-tuning of language models (arXiv 2510.08549; spec §3).
+"""Token-level ERA for RL fine-tuning of language models (arXiv 2510.08549; docs/activations.md §3).
 
 Rollouts come from the unmodified policy ``softmax(z)``. Inside the update, every token of a
 response with a positive advantage is scored under ``softmax(k·z)`` when the response's entropy is
@@ -7,6 +7,7 @@ by ``k`` to match. Everything here is a pure tensor function:
 
 * :func:`token_entropy` — entropy of each position's next-token distribution;
 * :func:`response_entropy` — a response's entropy: the mean of its top 20% token entropies;
+* :func:`band_side` — where a response's entropy lies against the band (below, inside, above);
 * :func:`era_scales` — the per-response (or per-token) logit and advantage scales;
 * :func:`token_logprobs` / :func:`token_logprobs_and_entropy` — log-probs of the sampled tokens
   under a per-row temperature, optionally renormalised over the top-k logits.
@@ -30,6 +31,26 @@ from torch.autograd.function import once_differentiable
 OUTSIDE_TOP_K_LOGPROB = -1e4
 """Log-prob given to a label outside the top-k logits (a constant, so it carries no gradient)."""
 
+BAND_LOW, BAND_HIGH, BAND_K = 0.45, 3.0, 2.0
+"""The paper's response-entropy band (nats) and logit scale: the one home of these defaults."""
+
+BELOW, INSIDE, ABOVE = -1, 0, 1
+"""Values of :func:`band_side`."""
+
+
+def check_band(low: float, high: float, k: float, prefix: str = "") -> None:
+    """The one validator of ERA's band: ``low < high`` (infinities allowed) and finite ``k > 1``.
+
+    ``prefix`` names the arguments as the caller spells them (e.g. ``"era_"``).
+    """
+    if math.isnan(low) or math.isnan(high) or low >= high:
+        raise ValueError(
+            f"need {prefix}low < {prefix}high (infinities allowed), got {prefix}low={low!r}, "
+            f"{prefix}high={high!r}"
+        )
+    if not (math.isfinite(k) and k > 1):
+        raise ValueError(f"{prefix}k must be finite and > 1, got {k!r}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Argument checks
@@ -41,6 +62,20 @@ def _check_logits(logits: Tensor) -> None:
         raise TypeError("logits must be a floating-point tensor [..., vocab]")
     if logits.shape[-1] < 1:
         raise ValueError(f"logits must have a non-empty vocabulary dimension, got {logits.shape}")
+
+
+def _check_rows(values: Tensor, what: str) -> None:
+    """Raise if a per-row result is NaN: that row's logits have no distribution.
+
+    Checked on the small per-row results rather than on the logits, so it costs no extra pass
+    over the vocabulary; skipped inside ``torch.compile`` (a data-dependent branch)."""
+    if torch.compiler.is_compiling() or not bool(torch.isnan(values).any()):
+        return
+    rows = int(torch.isnan(values).sum())
+    raise ValueError(
+        f"logits has {rows} row(s) without a distribution (a NaN or +inf entry, or every entry "
+        f"-inf), so their {what} is undefined; -inf is allowed for masked tokens"
+    )
 
 
 def _check_chunk_size(chunk_size: int | None) -> None:
@@ -125,7 +160,9 @@ def _logprob_rows(
     top = z.topk(top_k, dim=-1).values
     logprob = z_label - torch.logsumexp(top, dim=-1)
     outside = z_label < top[:, -1]
-    return logprob.masked_fill(outside, OUTSIDE_TOP_K_LOGPROB), entropy
+    logprob = logprob.masked_fill(outside, OUTSIDE_TOP_K_LOGPROB)
+    # a row whose largest logit is NaN, +inf or -inf has no distribution, whatever its label
+    return logprob.masked_fill(~torch.isfinite(top[:, 0]), math.nan), entropy
 
 
 def _logprob_grad_rows(
@@ -238,7 +275,9 @@ def token_entropy(logits: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """
     _check_logits(logits)
     _check_chunk_size(chunk_size)
-    return _ChunkedEntropy.apply(logits, chunk_size)
+    entropy = _ChunkedEntropy.apply(logits, chunk_size)
+    _check_rows(entropy, "entropy")
+    return entropy
 
 
 def response_entropy(entropy: Tensor, mask: Tensor, top_fraction: float = 0.2) -> Tensor:
@@ -259,6 +298,8 @@ def response_entropy(entropy: Tensor, mask: Tensor, top_fraction: float = 0.2) -
             f"{tuple(entropy.shape)} and mask {tuple(mask.shape)}"
         )
     mask = mask.bool()
+    if not torch.compiler.is_compiling() and bool((torch.isnan(entropy) & mask).any()):
+        raise ValueError("entropy contains NaN at masked-in tokens")
     length = mask.sum(-1)
     n_top = torch.floor(length.double() * top_fraction).long().clamp(min=1)
     ranked = entropy.masked_fill(~mask, -math.inf).sort(dim=-1, descending=True).values
@@ -268,13 +309,21 @@ def response_entropy(entropy: Tensor, mask: Tensor, top_fraction: float = 0.2) -
     return torch.where(length > 0, mean, torch.zeros_like(mean))
 
 
+def band_side(response_entropy: Tensor, low: float, high: float) -> Tensor:
+    """int8 per response: :data:`BELOW` (entropy < ``low``), :data:`ABOVE` (> ``high``) or
+    :data:`INSIDE`. ``low = -inf`` / ``high = inf`` disables a side."""
+    side = torch.zeros(response_entropy.shape, dtype=torch.int8, device=response_entropy.device)
+    side = side.masked_fill(response_entropy < low, BELOW)
+    return side.masked_fill(response_entropy > high, ABOVE)
+
+
 def era_scales(
     response_entropy: Tensor,
     advantages: Tensor,
     *,
-    low: float = 0.45,
-    high: float = 3.0,
-    k: float = 2.0,
+    low: float = BAND_LOW,
+    high: float = BAND_HIGH,
+    k: float = BAND_K,
 ) -> tuple[Tensor, Tensor]:
     """ERA's logit and advantage scales, each shaped like ``advantages``.
 
@@ -282,13 +331,10 @@ def era_scales(
     token). Where ``A > 0`` the logits are multiplied by ``k`` if the response entropy is below
     ``low`` (the update then pushes entropy up) and by ``1/k`` if it is above ``high`` (pushes it
     down); elsewhere, and wherever ``A <= 0``, the scale is 1. The advantage scale is the inverse,
-    ``A' = A / logit_scale``, which keeps the update's size comparable. ``k = 1`` turns ERA off;
-    ``low = -inf`` or ``high = inf`` disables one side of the band.
+    ``A' = A / logit_scale``, which keeps the update's size comparable. ``low = -inf`` and
+    ``high = inf`` turn ERA off (one of them disables one side of the band).
     """
-    if not (math.isfinite(k) and k >= 1.0):
-        raise ValueError(f"k must be finite and >= 1, got {k!r}")
-    if math.isnan(low) or math.isnan(high) or low > high:
-        raise ValueError(f"need low <= high (infinities allowed), got low={low!r}, high={high!r}")
+    check_band(low, high, k)
     if response_entropy.dim() != 1 or advantages.dim() not in (1, 2):
         raise ValueError(
             f"response_entropy must be [B] and advantages [B] or [B, T], got "
@@ -299,12 +345,17 @@ def era_scales(
             f"batch sizes differ: response_entropy has {response_entropy.shape[0]}, advantages "
             f"{advantages.shape[0]}"
         )
-    h = response_entropy if advantages.dim() == 1 else response_entropy[:, None]
+    # NaN would compare False on both sides and silently leave the response unscaled
+    for name, x in (("response_entropy", response_entropy), ("advantages", advantages)):
+        if not torch.compiler.is_compiling() and bool(torch.isnan(x).any()):
+            raise ValueError(f"{name} contains NaN; ERA's band decision needs numbers")
+    side = band_side(response_entropy, low, high)
+    side = side if advantages.dim() == 1 else side[:, None]
     dtype = advantages.dtype if advantages.is_floating_point() else torch.float32
-    positive = advantages > 0
     logit_scale = torch.ones(advantages.shape, dtype=dtype, device=advantages.device)
-    logit_scale = torch.where(positive & (h < low), k, logit_scale)
-    logit_scale = torch.where(positive & (h > high), 1.0 / k, logit_scale)
+    positive = advantages > 0
+    logit_scale = logit_scale.masked_fill(positive & (side == BELOW), k)
+    logit_scale = logit_scale.masked_fill(positive & (side == ABOVE), 1.0 / k)
     return logit_scale, 1.0 / logit_scale
 
 
@@ -345,7 +396,9 @@ def token_logprobs(
     by chunk in the backward pass.
     """
     scale = _prepare_logprobs(logits, labels, scale, top_k, chunk_size)
-    return _ChunkedLogProbs.apply(logits, labels, scale, top_k, chunk_size, False)
+    logprobs = _ChunkedLogProbs.apply(logits, labels, scale, top_k, chunk_size, False)
+    _check_rows(logprobs, "log-prob")
+    return logprobs
 
 
 def token_logprobs_and_entropy(
@@ -362,4 +415,6 @@ def token_logprobs_and_entropy(
     entropy metrics need) is computed from the same float32 chunk as the log-probs.
     """
     scale = _prepare_logprobs(logits, labels, scale, top_k, chunk_size)
-    return _ChunkedLogProbs.apply(logits, labels, scale, top_k, chunk_size, True)
+    logprobs, entropy = _ChunkedLogProbs.apply(logits, labels, scale, top_k, chunk_size, True)
+    _check_rows(logprobs, "log-prob")
+    return logprobs, entropy

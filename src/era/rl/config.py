@@ -49,7 +49,10 @@ class SACConfig:
     init_alpha: float = 1.0
     """initial temperature of the alpha head"""
     compile: bool = False
-    """torch.compile the losses and the acting policy (faster updates after ~1 min compiling)"""
+    """torch.compile both losses, one graph each (faster updates after ~1 min compiling)"""
+    amp: Literal["none", "bf16"] = "none"
+    """bf16 autocast of the networks (targets and losses stay float32); fast where the CPU/GPU
+    has bf16 matrix units"""
 
     def __post_init__(self):
         check_ranges(
@@ -277,12 +280,15 @@ class TrainConfig:
     seed: int = 0
     """random seed of a single run"""
     seeds: list[int] | None = None
-    """run these seeds in parallel processes, into OUT/seed{N}"""
+    """train these seeds, into OUT/seed{N} (see --seed-mode)"""
+    seed_mode: Literal["vector", "processes"] = "vector"
+    """--seeds as one vectorised run (SAC: networks stacked along a seed axis) or one process
+    per seed (PPO always uses processes)"""
     workers: int = 2
-    """parallel processes for --seeds"""
+    """parallel processes for --seeds with --seed-mode processes"""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    """FastSAC, OBAC: where networks, replay batches and updates live (environments stay on the
-    CPU); auto = cuda if available"""
+    """SAC, FastSAC, OBAC: where networks, replay batches and updates live (environments stay on
+    the CPU); auto = cuda if available"""
     out: Path = Path("runs/rl")
     """run directory (config, metrics.csv, TensorBoard, checkpoint)"""
     eval_every: int = 10_000

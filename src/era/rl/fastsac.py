@@ -103,7 +103,7 @@ class DistributionalCritic(nn.Module):
         super().__init__()
         sizes = [obs_dim + act_dim] + widths(hidden)
         self.hidden = nn.ModuleList(
-            EnsembleLinear(CRITICS, i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)
+            EnsembleLinear((CRITICS,), i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)
         )
         self.norm_weight = nn.ParameterList(
             nn.Parameter(torch.ones(CRITICS, 1, width)) for width in sizes[1:]
@@ -111,7 +111,10 @@ class DistributionalCritic(nn.Module):
         self.norm_bias = nn.ParameterList(
             nn.Parameter(torch.zeros(CRITICS, 1, width)) for width in sizes[1:]
         )
-        self.out = EnsembleLinear(CRITICS, sizes[-1], num_atoms)
+        self.out = EnsembleLinear((CRITICS,), sizes[-1], num_atoms)
+        for layer in (*self.hidden, self.out):  # nn.Linear's initialisation, from torch's stream
+            for member in range(CRITICS):
+                layer.init_member(member, torch.default_generator)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, action], -1).expand(CRITICS, -1, -1)

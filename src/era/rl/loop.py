@@ -19,7 +19,9 @@ from era.rl.config import TrainConfig
 from era.runs import MetricLogger, Run, check_run, open_run, progress_bar
 
 # Changing these between a run and its resume does not change what the run computes.
-MAY_CHANGE = frozenset({"total_steps", "progress", "seeds", "workers", "eval_episodes"})
+MAY_CHANGE = frozenset(
+    {"total_steps", "progress", "seeds", "seed_mode", "workers", "eval_episodes"}
+)
 
 
 def check_folder(config: TrainConfig) -> None:

@@ -2,6 +2,10 @@
 
 The policy *head* is the only thing that differs between ERA and its baseline: the trunk outputs
 a mean and a raw std vector, and the head turns them into an action distribution.
+
+SAC's networks are *ensembles*: every parameter has a leading seed axis, so the agents of S
+independent seeds (and each seed's twin critics) run as one batched matrix product per layer
+(``EnsembleLinear``). A single run is the ensemble of one.
 """
 
 from __future__ import annotations
@@ -13,58 +17,72 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
-from era.gaussian import GaussianERA, TanhNormal
+from era.distributions import TanhNormal, TruncatedNormal
+from era.gaussian import GaussianERA
 
 # The usual SAC log-std range (CleanRL, SB3); the alpha head squashes its raw output into it.
 TANH_LOG_STD_MIN, TANH_LOG_STD_MAX = -5.0, 2.0
-
-
-def mlp(sizes: list[int], act: type[nn.Module]) -> nn.Sequential:
-    """Linear layers of the given sizes with ``act`` in between."""
-    layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(n_in, n_out), act()]
-    return nn.Sequential(*layers[:-1])
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class EnsembleLinear(nn.Module):
-    """``n`` independent linear layers applied in one batched matmul: ``[n, B, in] -> [n, B, out]``.
+    """Independent linear layers applied in one batched matmul.
 
-    SAC's two critics run as one network this way, halving the number of small kernels per update.
-    Each member is initialised like ``nn.Linear``.
+    ``members`` is the ensemble's shape: ``(S,)`` for S actors, ``(S, 2)`` for S twin critics.
+    ``forward`` maps ``[*members, B, in]`` to ``[*members, B, out]``. Members are initialised
+    like ``nn.Linear`` (uniform in +-1/sqrt(in)) by :meth:`init_member`, one seed at a time from
+    that seed's generator, so member ``s`` starts the same whatever the ensemble's size.
     """
 
-    def __init__(self, n: int, n_in: int, n_out: int):
+    def __init__(self, members: tuple[int, ...], n_in: int, n_out: int):
         super().__init__()
-        bound = 1.0 / math.sqrt(n_in)
-        self.weight = nn.Parameter(torch.empty(n, n_in, n_out).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(n, 1, n_out).uniform_(-bound, bound))
+        self.weight = nn.Parameter(torch.zeros(*members, n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(*members, 1, n_out))
+
+    @torch.no_grad()
+    def init_member(self, index: int, generator: torch.Generator) -> None:
+        bound = 1.0 / math.sqrt(self.weight.shape[-2])
+        self.weight[index].uniform_(-bound, bound, generator=generator)
+        self.bias[index].uniform_(-bound, bound, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+        n_in, n_out = self.weight.shape[-2:]
+        batch = x.shape[-2]
+        out = torch.baddbmm(
+            self.bias.reshape(-1, 1, n_out),
+            x.reshape(-1, batch, n_in),
+            self.weight.reshape(-1, n_in, n_out),
+        )
+        return out.view(*self.weight.shape[:-2], batch, n_out)
 
 
 class TwinCritic(nn.Module):
-    """Two Q-networks ``Q(s, a)`` with LayerNorm and ELU (as the authors' critic), fused.
+    """Two Q-networks ``Q(s, a)`` per seed, with LayerNorm and ELU (as the authors' critic).
 
-    ``forward`` returns ``[2, B]``: both critics' values, so ``.min(0)`` is SAC's clipped target.
+    ``forward(obs [S, B, o], action [S, B, a])`` returns ``[S, 2, B]``: both critics' values, so
+    ``.min(1)`` is SAC's clipped target.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, seeds: int = 1):
         super().__init__()
         sizes = [obs_dim + act_dim] + [hidden] * layers
         self.hidden = nn.ModuleList(
-            EnsembleLinear(2, i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)
+            EnsembleLinear((seeds, 2), i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)
         )
-        self.norm_weight = nn.Parameter(torch.ones(layers, 2, 1, hidden))
-        self.norm_bias = nn.Parameter(torch.zeros(layers, 2, 1, hidden))
-        self.out = EnsembleLinear(2, hidden, 1)
+        self.norm_weight = nn.Parameter(torch.ones(seeds, layers, 2, 1, hidden))
+        self.norm_bias = nn.Parameter(torch.zeros(seeds, layers, 2, 1, hidden))
+        self.out = EnsembleLinear((seeds, 2), hidden, 1)
+
+    def init_member(self, index: int, generator: torch.Generator) -> None:
+        for layer in (*self.hidden, self.out):
+            layer.init_member(index, generator)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, action], -1).expand(2, -1, -1)
-        for layer, weight, bias in zip(self.hidden, self.norm_weight, self.norm_bias, strict=True):
+        x = torch.cat([obs, action], -1).unsqueeze(1).expand(-1, 2, -1, -1)
+        for i, layer in enumerate(self.hidden):
             h = layer(x)
-            x = F.elu(F.layer_norm(h, h.shape[-1:]) * weight + bias)
+            h = F.layer_norm(h, h.shape[-1:])
+            x = F.elu(h * self.norm_weight[:, i] + self.norm_bias[:, i])
         return self.out(x).squeeze(-1)
 
 
@@ -79,16 +97,64 @@ class TanhGaussianHead(nn.Module):
 
 
 class SACActor(nn.Module):
-    """MLP trunk (ELU) -> (mean, raw std) -> head (``GaussianERA`` or ``TanhGaussianHead``)."""
+    """MLP trunk (ELU) -> (mean, raw std) -> head (``GaussianERA`` or ``TanhGaussianHead``).
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, head: nn.Module):
+    ``forward(obs [S, B, o])`` returns a distribution with batch shape ``[S, B]``.
+    """
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: int, layers: int, head: nn.Module, seeds: int = 1
+    ):
         super().__init__()
-        self.trunk = mlp([obs_dim] + [hidden] * layers + [2 * act_dim], nn.ELU)
+        sizes = [obs_dim] + [hidden] * layers + [2 * act_dim]
+        self.trunk = nn.ModuleList(
+            EnsembleLinear((seeds,), i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)
+        )
         self.head = head
 
+    def init_member(self, index: int, generator: torch.Generator) -> None:
+        for layer in self.trunk:
+            layer.init_member(index, generator)
+
     def forward(self, obs: torch.Tensor) -> Distribution:
-        mean, pre_std = self.trunk(obs).chunk(2, dim=-1)
+        x = obs
+        for i, layer in enumerate(self.trunk):
+            x = layer(x) if i == 0 else layer(F.elu(x))
+        mean, pre_std = x.chunk(2, dim=-1)
         return self.head(mean, pre_std)
+
+
+def noise_kind(dist: Distribution) -> str:
+    """What :func:`sample_from_noise` consumes: ``"uniform"`` (truncated normal, by inverse
+    cdf) or ``"normal"`` (tanh-Gaussian, by reparameterisation)."""
+    return "uniform" if isinstance(dist.base_dist, TruncatedNormal) else "normal"
+
+
+def sample_from_noise(
+    dist: Distribution, noise: torch.Tensor, with_log_prob: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A reparameterised action from given noise (and its log-probability if asked).
+
+    The caller draws the noise, so each seed of an ensemble can draw from its own generator
+    while the policy runs batched. The same noise gives what ``dist.rsample()`` would give
+    after drawing it: ``icdf(u)`` for the truncated normal, ``tanh(loc + scale * eps)`` for the
+    tanh-Gaussian (whose log-probability then needs no ``atanh``: ``eps`` is the standardised
+    pre-squash value).
+    """
+    base = dist.base_dist
+    if isinstance(base, TruncatedNormal):
+        eps = torch.finfo(noise.dtype).eps
+        action = base.icdf(noise.clamp(eps, 1 - eps))
+        return action, dist.log_prob(action) if with_log_prob else None
+    if isinstance(base, TanhNormal):
+        x = base.loc + base.scale * noise
+        action = torch.tanh(x)
+        if not with_log_prob:
+            return action, None
+        log_tanh_jacobian = 2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x))
+        log_prob = -0.5 * noise.square() - base.scale.log() - _HALF_LOG_2PI - log_tanh_jacobian
+        return action, log_prob.sum(-1)
+    raise TypeError(f"no noise sampler for {type(base).__name__}")
 
 
 def per_state_entropy(dist: Distribution, samples: int = 16) -> torch.Tensor:

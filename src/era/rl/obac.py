@@ -45,7 +45,7 @@ from torch import nn
 from era.gaussian import GaussianERA
 from era.rl import off_policy
 from era.rl.config import TrainConfig, default_target_entropy
-from era.rl.networks import SACActor, TanhGaussianHead, TwinCritic, mlp, per_state_entropy
+from era.rl.networks import SACActor, TanhGaussianHead, TwinCritic, per_state_entropy
 from era.rl.vec_env import ReplayableEnvs
 from era.runs import set_seed
 
@@ -79,12 +79,19 @@ class OBACAgent(nn.Module):
             head = GaussianERA(act_dim, self.target_entropy, bound="truncated", mode="exact")
         else:
             head = TanhGaussianHead()
+        # SAC's networks are seed ensembles (a leading seed axis); OBAC runs one seed, S = 1
         self.actor = SACActor(obs_dim, act_dim, cfg.hidden, cfg.layers, head)
         self.critic = TwinCritic(obs_dim, act_dim, cfg.hidden, cfg.layers)
-        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.offline_critic = TwinCritic(obs_dim, act_dim, cfg.hidden, cfg.layers)
+        for network in (self.actor, self.critic, self.offline_critic):
+            network.init_member(0, torch.default_generator)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.offline_target = copy.deepcopy(self.offline_critic).requires_grad_(False)
-        self.offline_value = mlp([obs_dim] + [cfg.hidden] * cfg.layers + [1], nn.ELU)
+        sizes = [obs_dim] + [cfg.hidden] * cfg.layers
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+            layers += [nn.Linear(n_in, n_out), nn.ELU()]
+        self.offline_value = nn.Sequential(*layers, nn.Linear(sizes[-1], 1))
         self.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.init_alpha))))
 
         adam = lambda params: torch.optim.Adam(params, lr=cfg.lr)  # noqa: E731
@@ -107,16 +114,25 @@ class OBACAgent(nn.Module):
     def observe(self, obs: torch.Tensor) -> None:
         """OBAC uses raw observations (as SAC)."""
 
+    def policy(self, obs: torch.Tensor):
+        """The action distribution, batch shape ``[1, B]`` (the ensemble's seed axis)."""
+        return self.actor(obs.unsqueeze(0))
+
+    @staticmethod
+    def q(critic: TwinCritic, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Both Q-values of a twin critic, ``[2, B]``."""
+        return critic(obs.unsqueeze(0), action.unsqueeze(0))[0]
+
     def critic_loss(self, obs, action, reward, next_obs, terminated) -> torch.Tensor:
         """SAC's clipped double-Q regression (no entropy term with the ERA head)."""
         with torch.no_grad():
-            next_dist = self.actor(next_obs)
+            next_dist = self.policy(next_obs)
             next_action = next_dist.sample()
-            next_q = self.target_critic(next_obs, next_action).min(0).values
+            next_q = self.q(self.target_critic, next_obs, next_action[0]).min(0).values
             if self.head == "alpha":
-                next_q = next_q - self.alpha * next_dist.log_prob(next_action)
+                next_q = next_q - self.alpha * next_dist.log_prob(next_action)[0]
             target = reward + self.config.gamma * (1.0 - terminated) * next_q
-        return (self.critic(obs, action) - target).pow(2).mean(1).sum()
+        return (self.q(self.critic, obs, action) - target).pow(2).mean(1).sum()
 
     def offline_losses(self, obs, action, reward, next_obs, terminated):
         """In-sample evaluation of the buffer: ``Q^mu`` regressed on ``r + gamma V^mu(s')``,
@@ -124,8 +140,8 @@ class OBACAgent(nn.Module):
         with torch.no_grad():
             next_v = self.offline_value(next_obs).squeeze(-1)
             target = reward + self.config.gamma * (1.0 - terminated) * next_v
-            q_behaviour = self.offline_target(obs, action).min(0).values
-        q_loss = (self.offline_critic(obs, action) - target).pow(2).mean(1).sum()
+            q_behaviour = self.q(self.offline_target, obs, action).min(0).values
+        q_loss = (self.q(self.offline_critic, obs, action) - target).pow(2).mean(1).sum()
         u = q_behaviour - self.offline_value(obs).squeeze(-1)
         weight = (self.config.expectile - (u < 0).to(u.dtype)).abs()  # |tau - 1(u < 0)|
         v_loss = (weight * u.pow(2)).mean()
@@ -134,10 +150,10 @@ class OBACAgent(nn.Module):
     def actor_loss(self, obs, action):
         """SAC's actor loss plus ``-lambda * gate * log pi(a_D|s)`` (module docstring); also the
         log-probabilities the temperature needs and the fraction of gated states."""
-        dist = self.actor(obs)
+        dist = self.policy(obs)
         new_action = dist.rsample()
-        q_policy = self.critic(obs, new_action).min(0).values
-        log_prob = dist.log_prob(new_action)
+        q_policy = self.q(self.critic, obs, new_action[0]).min(0).values
+        log_prob = dist.log_prob(new_action)[0]
         loss = -q_policy
         if self.head == "alpha":
             loss = loss + self.alpha * log_prob
@@ -145,11 +161,11 @@ class OBACAgent(nn.Module):
             if self.config.gate == "state":
                 gate = (self.offline_value(obs).squeeze(-1) > q_policy).float()
             else:
-                q_behaviour = self.offline_critic(obs, action).min(0).values
+                q_behaviour = self.q(self.offline_critic, obs, action).min(0).values
                 gate = (q_policy.mean() < q_behaviour.mean()).float().expand_as(q_policy)
         if self.head == "alpha":
             action = action.clamp(-1 + EDGE, 1 - EDGE)
-        bc = -(gate * dist.log_prob(action))
+        bc = -(gate * dist.log_prob(action.unsqueeze(0))[0])
         return (loss + self.config.bc_weight * bc).mean(), log_prob.detach(), gate.mean()
 
     def update(self, obs, action, reward, next_obs, terminated) -> dict[str, torch.Tensor]:
@@ -193,15 +209,15 @@ class OBACAgent(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        dist = self.actor(obs)
-        return dist.mode if deterministic else dist.sample()
+        dist = self.policy(obs)
+        return (dist.mode if deterministic else dist.sample())[0]
 
     @torch.no_grad()
     def entropy_stats(self, obs: torch.Tensor) -> dict[str, float]:
         """Per-state entropy of the policy on ``obs`` (min/mean/max) and the unreachable count."""
-        dist = self.actor(obs)
+        dist = self.policy(obs)
         with torch.random.fork_rng(devices=[]):  # a sampled estimate must not shift training
-            entropy = per_state_entropy(dist)
+            entropy = per_state_entropy(dist).reshape(-1)
         unreachable = getattr(dist, "unreachable", None)
         stats = {
             "entropy": entropy.mean().item(),

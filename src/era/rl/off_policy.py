@@ -79,10 +79,17 @@ def crossed(step: int, stride: int, every: int) -> bool:
     return step // every > (step - stride) // every
 
 
+def sample(buffer: ReplayBuffer, size: int, generator: torch.Generator | None = None):
+    """A uniform batch ``obs [B, o], action, reward [B], next_obs, terminated [B]`` of the
+    single-seed buffer; indices come from torch's CPU generator, so a run resumes exactly."""
+    index = torch.randint(0, buffer.size, (1, size), generator=generator)
+    return [field[0] for field in buffer.sample(index.to(buffer.data.device))]
+
+
 def stats_batch(buffer: ReplayBuffer, step: int, size: int = 1024) -> torch.Tensor:
     """Replay states for the entropy report; a generator of its own keeps training's stream."""
     generator = torch.Generator().manual_seed(step)
-    return buffer.sample(min(size, buffer.size), generator=generator)[0]
+    return sample(buffer, min(size, buffer.size), generator)[0]
 
 
 def train(
@@ -95,7 +102,10 @@ def train(
     """Train ``agent`` as configured; returns the run directory."""
     run, logger, checkpoint = start_run(config)
     obs_dim, act_dim = envs.observation_space.shape[0], envs.action_space.shape[0]
-    buffer = ReplayBuffer(min(schedule.buffer_size, config.total_steps), obs_dim, act_dim)
+    # one ring buffer, one row per environment transition (N rows per step)
+    buffer = ReplayBuffer(
+        min(schedule.buffer_size, config.total_steps), obs_dim, act_dim, device=device
+    )
     eval_env = make_env(config.env, config.seed + 10_000)
     step, elapsed, row_step = 0, 0.0, None
     if checkpoint is not None:
@@ -164,7 +174,11 @@ def train(
                 else:
                     action = agent.act(obs_t).cpu().numpy()
                 result = envs.step(action)
-                buffer.add(obs, action, result.reward, result.next_obs, result.terminated)
+                for i in range(n):
+                    buffer.add(
+                        obs[i], action[i], result.reward[i], result.next_obs[i],
+                        result.terminated[i],
+                    )  # fmt: skip
                 obs = result.obs
                 step += n
                 for episode_return in result.episode_returns:
@@ -172,8 +186,7 @@ def train(
 
                 if step > schedule.learning_starts:
                     for _ in range(schedule.updates_per_vector_step):
-                        batch = to_device(*buffer.sample(schedule.batch_size))
-                        losses = agent.update(*batch)
+                        losses = agent.update(*sample(buffer, schedule.batch_size))
 
                 if crossed(step, n, LOG_EVERY):
                     check_finite(step, **losses)

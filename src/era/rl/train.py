@@ -22,7 +22,8 @@ ALGORITHMS = {"sac": sac, "ppo": ppo, "fastsac": fastsac, "obac": obac}
 
 
 def train(config: TrainConfig) -> list[Path]:
-    """Train one run, or one per seed of ``config.seeds`` in parallel processes.
+    """Train one run, or one per seed of ``config.seeds``: SAC as one vectorised run (seeds
+    stacked in one process), PPO or ``--seed-mode processes`` in parallel processes.
 
     Returns the run directories. Errors in the configuration (unknown environment, infeasible
     target entropy, a run folder that would be overwritten) surface before any training, in the
@@ -33,6 +34,9 @@ def train(config: TrainConfig) -> list[Path]:
     jobs = [dataclasses.replace(config.for_seed(s), progress=False) for s in config.seeds]
     for job in jobs:
         check_folder(job)
+    if config.algo == "sac" and config.seed_mode == "vector":
+        torch.set_num_threads(config.threads)
+        return sac.train_seeds([config.for_seed(s) for s in config.seeds])
     ALGORITHMS[config.algo].build(jobs[0])[0].close()  # a bad env or target fails here
     run_in_parallel(train_one, jobs, max_workers=min(config.workers, len(jobs)))
     return [job.out for job in jobs]
