@@ -3,8 +3,9 @@
 ``era rl train --algo sac --head era --env Hopper-v5`` and
 ``era.rl.train(TrainConfig(algo="sac", head="era", env="Hopper-v5"))`` are the same run. Fields
 shared by all algorithms live on :class:`TrainConfig`; the algorithm's own hyper-parameters are
-in :class:`SACConfig` (``--sac.*``), :class:`PPOConfig` (``--ppo.*``) and
-:class:`TDMPC2Config` (``--tdmpc2.*``).
+in :class:`SACConfig` (``--sac.*``), :class:`PPOConfig` (``--ppo.*``),
+:class:`TDMPC2Config` (``--tdmpc2.*``), :class:`FastSACConfig` (``--fastsac.*``) and
+:class:`OBACConfig` (``--obac.*``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Literal
 from era.validation import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_NO_0, Range, check_ranges
 
 HEADS = {"sac": ("era", "alpha"), "ppo": ("era", "std"), "tdmpc2": ("era", "alpha")}
+HEADS |= {"fastsac": ("era", "alpha"), "obac": ("era", "alpha")}
 
 
 @dataclass
@@ -127,6 +129,138 @@ class PPOConfig:
 
 
 @dataclass
+class FastSACConfig:
+    """FastSAC (many parallel environments, large batches, a distributional critic). Defaults
+    follow the authors' FastSAC (holosoma) except where noted: CPU-sized environments, batch and
+    widths. The alpha head's default target entropy is FastSAC's 0 nats (-0.0*dim(A))."""
+
+    num_envs: int = 16
+    """environments stepped in lockstep (authors: 1024-4096 on a GPU simulator)"""
+    actor_hidden: int = 256
+    """width of the actor's first layer; then /2 and /4 (authors: 512)"""
+    critic_hidden: int = 512
+    """width of each critic's first layer; then /2 and /4 (authors: 768)"""
+    lr: float = 3e-4
+    """AdamW learning rate of actor, critics and temperature"""
+    weight_decay: float = 0.001
+    """AdamW weight decay of actor and critics"""
+    batch_size: int = 1024
+    """transitions per gradient update (authors: 8192)"""
+    updates_per_step: int = 4
+    """critic updates after each step of all environments (authors: 8)"""
+    policy_frequency: int = 4
+    """one actor update every this many critic updates"""
+    gamma: float = 0.99
+    """discount factor (authors: 0.97 for humanoid locomotion)"""
+    tau: float = 0.125
+    """Polyak averaging rate of the target critics"""
+    num_atoms: int = 101
+    """atoms of the distributional (C51) critic"""
+    v_min: float = -250.0
+    """lowest return of the critic's support (FastTD3's default)"""
+    v_max: float = 250.0
+    """highest return of the critic's support"""
+    clipped_double_q: bool = False
+    """FastTD3's target (the distribution of the critic with the lower mean); FastSAC's default
+    lets each critic bootstrap from its own target and the actor maximise their mean"""
+    init_alpha: float = 0.001
+    """initial temperature of the alpha head"""
+    learning_starts: int = 5000
+    """uniformly random actions for this many environment steps before learning starts"""
+    buffer_size: int = 1_000_000
+    """replay capacity (capped at the run's total steps)"""
+    obs_norm: bool = True
+    """normalise observations with running statistics (saved with the agent)"""
+    compile: bool = False
+    """torch.compile both losses (faster updates after ~1 min compiling)"""
+    amp: Literal["none", "bf16"] = "none"
+    """bf16 autocast of the networks (targets and losses stay float32)"""
+
+    def __post_init__(self):
+        check_ranges(
+            self,
+            "fastsac.",
+            {
+                "num_envs": AT_LEAST_1,
+                "actor_hidden": Range(4),
+                "critic_hidden": Range(4),
+                "lr": POSITIVE,
+                "weight_decay": AT_LEAST_0,
+                "batch_size": AT_LEAST_1,
+                "updates_per_step": AT_LEAST_1,
+                "policy_frequency": AT_LEAST_1,
+                "gamma": UNIT,
+                "tau": UNIT_NO_0,
+                "num_atoms": Range(2),
+                "init_alpha": POSITIVE,
+                "learning_starts": AT_LEAST_0,
+                "buffer_size": AT_LEAST_1,
+            },
+        )
+        finite = math.isfinite(self.v_min) and math.isfinite(self.v_max)
+        if not (finite and self.v_min < self.v_max):
+            raise ValueError(
+                f"--fastsac.v-min {self.v_min} and --fastsac.v-max {self.v_max}: need finite "
+                "v_min < v_max"
+            )
+
+
+@dataclass
+class OBACConfig:
+    """Offline-boosted actor-critic: SAC plus the in-sample value of the replay buffer's
+    behaviour and a behaviour-cloning term where that value beats the policy's. Defaults follow
+    the authors' OBAC except the CPU-sized width (authors: 512) and batch (authors: 512)."""
+
+    hidden: int = 256
+    """width of the hidden layers of actor, critics and value network"""
+    layers: int = 2
+    """number of hidden layers"""
+    lr: float = 3e-4
+    """Adam learning rate of every network and the temperature"""
+    batch_size: int = 256
+    """transitions per gradient update"""
+    updates_per_step: int = 1
+    """gradient updates per environment step"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak averaging rate of both target critics"""
+    expectile: float = 0.9
+    """expectile of the offline value regression (0.5 = the behaviour's mean value)"""
+    bc_weight: float = 0.001
+    """lambda: weight of the buffer actions' log-likelihood where the offline value is higher"""
+    gate: Literal["state", "batch"] = "state"
+    """where the constraint is active: per state (the paper) or for the whole batch when the
+    batch means compare so (the authors' code)"""
+    init_alpha: float = 1.0
+    """initial temperature of the alpha head"""
+    learning_starts: int = 5000
+    """uniformly random actions for this many steps before learning starts"""
+    buffer_size: int = 1_000_000
+    """replay capacity (capped at the run's total steps)"""
+
+    def __post_init__(self):
+        check_ranges(
+            self,
+            "obac.",
+            {
+                "hidden": AT_LEAST_1,
+                "layers": AT_LEAST_1,
+                "lr": POSITIVE,
+                "batch_size": AT_LEAST_1,
+                "updates_per_step": AT_LEAST_1,
+                "gamma": UNIT,
+                "tau": UNIT_NO_0,
+                "expectile": Range(0, 1, low_closed=False, high_closed=False),
+                "bc_weight": AT_LEAST_0,
+                "init_alpha": POSITIVE,
+                "learning_starts": AT_LEAST_0,
+                "buffer_size": AT_LEAST_1,
+            },
+        )
+
+
+@dataclass
 class TDMPC2Config:
     """TD-MPC2 (Hansen et al., ICLR 2024): the authors' hyper-parameters and smallest model.
 
@@ -227,15 +361,16 @@ class TrainConfig:
 
     env: str = "Hopper-v5"
     """Gymnasium id (Hopper-v5) or dm_control task (dm_control/walker-run)"""
-    algo: Literal["sac", "ppo", "tdmpc2"] = "sac"
+    algo: Literal["sac", "ppo", "fastsac", "obac", "tdmpc2"] = "sac"
     """learning algorithm"""
     head: Literal["era", "alpha", "std"] = "era"
-    """policy head: era for every algorithm; baselines alpha (SAC, TD-MPC2) and std (PPO)"""
+    """policy head: era for every algorithm; baselines alpha (SAC, FastSAC, OBAC, TD-MPC2) and std
+    (PPO)"""
     era_mode: Literal["exact", "delta"] = "exact"
     """SAC-ERA: exact per-state floor, or the paper's learned delta compensation"""
     target_entropy: float | None = None
-    """policy entropy target; default -0.5*dim(A) SAC-ERA and TD-MPC2-ERA, -0.3*dim(A) PPO-ERA,
-    -dim(A) SAC-alpha"""
+    """policy entropy target; default -0.5*dim(A) SAC/FastSAC/OBAC/TD-MPC2-ERA, -0.3*dim(A) PPO-ERA,
+    -dim(A) SAC/OBAC-alpha, 0 FastSAC-alpha"""
     total_steps: int = 100_000
     """environment steps (summed over vectorised environments)"""
     seed: int = 0
@@ -248,8 +383,8 @@ class TrainConfig:
     workers: int = 2
     """parallel processes for --seeds with --seed-mode processes"""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    """SAC: where networks, replay buffer and updates live (environments stay on the CPU);
-    auto = cuda if available"""
+    """SAC, FastSAC, OBAC: where networks, replay batches and updates live (environments stay on
+    the CPU); auto = cuda if available"""
     out: Path = Path("runs/rl")
     """run directory (config, metrics.csv, TensorBoard, checkpoint)"""
     eval_every: int = 10_000
@@ -270,6 +405,10 @@ class TrainConfig:
     """PPO hyper-parameters"""
     tdmpc2: TDMPC2Config = field(default_factory=TDMPC2Config)
     """TD-MPC2 hyper-parameters"""
+    fastsac: FastSACConfig = field(default_factory=FastSACConfig)
+    """FastSAC hyper-parameters"""
+    obac: OBACConfig = field(default_factory=OBACConfig)
+    """OBAC hyper-parameters"""
 
     def __post_init__(self):
         if self.head not in HEADS[self.algo]:
@@ -318,5 +457,7 @@ def config_from_dict(values: dict) -> TrainConfig:
     values["sac"] = SACConfig(**values["sac"])
     values["ppo"] = PPOConfig(**values["ppo"])
     values["tdmpc2"] = TDMPC2Config(**values.get("tdmpc2", {}))
+    values["fastsac"] = FastSACConfig(**values.get("fastsac", {}))
+    values["obac"] = OBACConfig(**values.get("obac", {}))
     values["out"] = Path(values["out"])
     return TrainConfig(**values)

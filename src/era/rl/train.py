@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from era.rl import ppo, sac, tdmpc2
+from era.rl import fastsac, obac, ppo, sac, tdmpc2
 from era.rl.config import TrainConfig
 from era.rl.loop import check_folder
 from era.runs import CHECKPOINT, run_in_parallel
 
 __all__ = ["CHECKPOINT", "train", "train_one"]
 
-ALGORITHMS = {"sac": sac, "ppo": ppo, "tdmpc2": tdmpc2}
+ALGORITHMS = {"sac": sac, "ppo": ppo, "fastsac": fastsac, "obac": obac, "tdmpc2": tdmpc2}
 
 
 def train(config: TrainConfig) -> list[Path]:
