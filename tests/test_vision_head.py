@@ -92,7 +92,7 @@ def test_missing_dataset_files_raise_clear_errors(tmp_path):
 def _images(spec, n, *, train):
     dataset = spec.train if train else spec.test
     collate = spec.train_collate if train else spec.test_collate
-    return collate([dataset[(i, 0)] for i in range(n)])
+    return collate(dataset.__getitems__([(i, 0) for i in range(n)]))
 
 
 @needs_fashion_mnist

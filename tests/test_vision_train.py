@@ -205,3 +205,47 @@ def test_run_directory_is_spelled_out_or_out_dir():
 
     assert tyro.cli(TrainConfig, args=["--out", "runs/a"]).out_dir == Path("runs/a")
     assert tyro.cli(TrainConfig, args=["--out-dir", "runs/b"]).out_dir == Path("runs/b")
+
+
+def test_fast_path_equals_plain_path_in_float32(tmp_path):
+    """channels_last (and the batched augmentation both paths share) changes only the order of
+    float32 sums. The channels-last BatchNorm kernels add B·H·W = 25,088 terms in another order
+    (their gradients differ from float64 by ~1e-2 relative on the CPU this was written on, the
+    NCHW kernels' by ~3e-4), and through ResNet-20's 19 BatchNorm layers the first update of the
+    two paths differs by up to ~8 % of its size. Tolerance: for every tensor, the two paths after
+    one step differ by less than 25 % of what a second step changes. Different data, a different
+    model or a wrong gradient would differ by about one step or more."""
+    config = TrainConfig(
+        **{**TINY, "era_min_entropy": 0.1, "model": "resnet20", "warmup_epochs": 0.0},
+        epochs=1,
+        eval_every=1,
+        max_steps=1,
+        amp=False,
+        channels_last=False,
+        out_dir=tmp_path / "plain",
+    )
+    plain = train(config)
+    fast = train(dataclasses.replace(config, channels_last=True, out_dir=tmp_path / "fast"))
+    train(dataclasses.replace(config, max_steps=2, out_dir=tmp_path / "two_steps"))
+    one, other, two = (_weights(tmp_path / n) for n in ("plain", "fast", "two_steps"))
+    for key in one:
+        if one[key].is_floating_point():
+            step = (two[key] - one[key]).abs().max()
+            assert step > 0, key
+            assert (one[key] - other[key]).abs().max() < 0.25 * step, key
+    for key in ("nll", "entropy_mean"):
+        assert abs(plain[key] - fast[key]) < 1e-3, key
+
+
+def test_resnet20_is_a_timm_model_of_the_published_size():
+    import timm
+
+    from era.vision.head import create_model
+
+    model = create_model("resnet20", num_classes=10, in_chans=3)
+    assert timm.is_model("resnet20")
+    # He et al. (2016) give 0.27 M parameters; the 1x1 projection shortcuts add 2.9 k.
+    assert 0.26e6 < sum(p.numel() for p in model.parameters()) < 0.28e6
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="pretrained"):
+        timm.create_model("resnet20", pretrained=True)

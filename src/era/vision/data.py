@@ -84,10 +84,12 @@ def sample_randomness(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
 
 
 class TensorImages(Dataset):
-    """Small images held in memory as one uint8 tensor ``[N, C, H, W]``.
+    """Small images held in memory as one uint8 tensor ``[N, C, H, W]``, served a batch at a time.
 
-    Indexed by the ``(index, epoch)`` pairs of :class:`ShardedSampler`; the images are
-    augmented and normalised a whole batch at a time by :class:`SmallImageBatch`.
+    Indexed by the ``(index, epoch)`` pairs of :class:`ShardedSampler`. ``__getitems__`` (which
+    torch's DataLoader calls with a whole batch of keys) slices the tensor once instead of
+    building ``N`` single-image tensors; :class:`SmallImageBatch` then augments and normalises
+    the batch with tensor operations.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
@@ -102,15 +104,24 @@ class TensorImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, key: tuple[int, int]):
-        index, epoch = key
-        return self.images[index], int(self.labels[index]), index, epoch
+        index, _ = key
+        return self.images[index], int(self.labels[index])
+
+    def __getitems__(self, keys: list[tuple[int, int]]):
+        """``(images uint8 [B, C, H, W], labels [B], indices [B], epoch)`` of one batch."""
+        index = torch.tensor([k[0] for k in keys], dtype=torch.int64)
+        epochs = {k[1] for k in keys}
+        if len(epochs) != 1:
+            raise ValueError(f"a batch must come from one epoch, got epochs {sorted(epochs)}")
+        return self.images[index], self.labels[index], index, epochs.pop()
 
 
 class SmallImageBatch:
-    """Collates :class:`TensorImages` samples: pad-and-crop + horizontal flip, then normalise.
+    """Collates a :class:`TensorImages` batch: pad-and-crop + horizontal flip, then normalise.
 
     The standard small-image augmentation (pad by 1/8 of the side, random crop back, flip with
     probability 1/2), with each image's offsets and flip taken from :func:`sample_randomness`.
+    Crop and flip are one gather over the padded batch (no per-image Python loop).
     """
 
     def __init__(self, mean: tuple, std: tuple, *, augment: bool, seed: int):
@@ -118,23 +129,30 @@ class SmallImageBatch:
         self.std = torch.tensor(std).view(-1, 1, 1)
         self.augment, self.seed = augment, seed
 
-    def __call__(self, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.stack([s[0] for s in samples])
-        labels = torch.tensor([s[1] for s in samples])
+    def __call__(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels, index, epoch = batch
         if self.augment:
-            height, width = images.shape[-2:]
-            pad = height // 8
-            bits = sample_randomness(self.seed, samples[0][3], np.array([s[2] for s in samples]))
-            span = np.uint64(2 * pad + 1)
-            dy, dx = bits % span, (bits >> np.uint64(16)) % span
-            flip = (bits >> np.uint64(32)) & np.uint64(1)
-            padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-            crops = [
-                padded[k, :, y : y + height, x : x + width]
-                for k, (y, x) in enumerate(zip(dy.tolist(), dx.tolist(), strict=True))
-            ]
-            images = torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flip, strict=True)])
+            images = self.crop_and_flip(images, sample_randomness(self.seed, epoch, index.numpy()))
         return (images.float() / 255 - self.mean) / self.std, labels
+
+    @staticmethod
+    def crop_and_flip(images: torch.Tensor, bits: np.ndarray) -> torch.Tensor:
+        """Image ``k`` cropped at offsets drawn from ``bits[k]`` of its zero-padded self, and
+        mirrored when bit 32 is set."""
+        height, width = images.shape[-2:]
+        pad = height // 8
+        span = np.uint64(2 * pad + 1)
+        dy = torch.from_numpy((bits % span).astype(np.int64))
+        dx = torch.from_numpy(((bits >> np.uint64(16)) % span).astype(np.int64))
+        flip = torch.from_numpy(((bits >> np.uint64(32)) & np.uint64(1)).astype(bool))
+        rows = dy[:, None] + torch.arange(height)
+        columns = torch.arange(width).expand(len(images), width)
+        columns = dx[:, None] + torch.where(flip[:, None], width - 1 - columns, columns)
+        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+        batch = torch.arange(len(images))[:, None, None]
+        # Advanced indices around a slice put their dimensions first: [B, H, W, C].
+        crops = padded[batch, :, rows[:, :, None], columns[:, None, :]]
+        return crops.permute(0, 3, 1, 2).contiguous()
 
 
 class SeededTransform(Dataset):
