@@ -35,6 +35,7 @@ from era.runs import (
     progress_bar,
     save_checkpoint,
     set_seed,
+    to_jsonable,
     write_run_metadata,
 )
 from era.vision.data import ShardedSampler, build_datasets
@@ -208,10 +209,18 @@ def native_bfloat16(device: torch.device) -> bool:
 
 
 def _random_state() -> dict:
+    """Every random stream as tensors and plain data (loadable with ``weights_only=True``)."""
     # NumPy's global stream is part of the state: timm's Mixup draws its lambdas from it.
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()  # noqa: NPY002
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gauss),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -221,7 +230,16 @@ def _random_state() -> dict:
 
 def _set_random_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
+    numpy = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -436,7 +454,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
                     "scheduler": scheduler.state_dict(),
                     "step": step,
                     "random": states,
-                    "config": config,
+                    "config": to_jsonable(config),
                 },
             )
 
