@@ -43,7 +43,7 @@ import torch.nn.functional as F
 import tyro
 from torch import nn
 
-from era.rl.envs import make_env
+from era.rl.envs import make_vector_env
 
 Update = Callable[[], object]
 # The machine is shared: wall time depends on what other processes do at that second. The CPU
@@ -182,7 +182,7 @@ class ReferenceSAC:
 
 
 def run_reference(args: Args) -> tuple[float, Update]:
-    envs = make_env(args.env, seed=0)
+    envs = make_vector_env(args.env, seed=0)
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]
     agent = ReferenceSAC(obs_dim, act_dim, args)
@@ -214,7 +214,7 @@ def run_sb3(args: Args) -> tuple[float, Update]:
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from era.rl.envs import make_eval_env
+    from era.rl.envs import make_env
 
     class StartClock(BaseCallback):
         """Note the time when the warm-up ends; SB3 trains from then on."""
@@ -226,7 +226,7 @@ def run_sb3(args: Args) -> tuple[float, Update]:
 
     model = SAC(
         "MlpPolicy",
-        make_eval_env(args.env, seed=0),
+        make_env(args.env, seed=0),
         learning_starts=args.warmup,
         batch_size=args.batch_size,
         train_freq=1,
@@ -320,11 +320,11 @@ def run_vector(args: Args, asynchronous: bool, num_envs: int = 4, steps: int = 5
     """Environment steps per second (summed over the copies) with zero actions."""
     from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-    from era.rl.envs import make_eval_env
+    from era.rl.envs import make_env
 
     cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
     envs = cls(
-        [lambda i=i: make_eval_env(args.env, i) for i in range(num_envs)],
+        [lambda i=i: make_env(args.env, i) for i in range(num_envs)],
         autoreset_mode=AutoresetMode.SAME_STEP,
     )
     envs.reset(seed=0)

@@ -5,11 +5,11 @@ import re
 import numpy as np
 import pytest
 
-from era.rl.envs import make_env, make_eval_env
+from era.rl.envs import make_env, make_vector_env
 
 
 def _rollout(env_id, seed, steps, action_seed=123):
-    envs = make_env(env_id, seed)
+    envs = make_vector_env(env_id, seed)
     rng = np.random.default_rng(action_seed)
     obs = [envs.reset(seed=seed)[0]]
     for _ in range(steps):
@@ -24,7 +24,7 @@ def _rollout(env_id, seed, steps, action_seed=123):
     [("Hopper-v5", 11, 3), ("dm_control/walker-run", 24, 6), ("dm_control/cartpole-swingup", 5, 1)],
 )
 def test_spaces_and_step(env_id, obs_dim, act_dim):
-    envs = make_env(env_id, seed=0, num_envs=2)
+    envs = make_vector_env(env_id, seed=0, num_envs=2)
     assert envs.single_observation_space.shape == (obs_dim,)
     assert envs.single_observation_space.dtype == np.float32
     assert envs.single_action_space.shape == (act_dim,)
@@ -41,7 +41,7 @@ def test_spaces_and_step(env_id, obs_dim, act_dim):
 
 
 def test_gymnasium_actions_rescaled_to_task_bounds():
-    env = make_eval_env("Pendulum-v1", seed=0)  # native torque bounds are [-2, 2]
+    env = make_env("Pendulum-v1", seed=0)  # native torque bounds are [-2, 2]
     env.step(np.array([1.0], dtype=np.float32))
     assert env.unwrapped.last_u == pytest.approx(2.0)
     env.step(np.array([-0.25], dtype=np.float32))
@@ -49,7 +49,7 @@ def test_gymnasium_actions_rescaled_to_task_bounds():
 
 
 def test_dm_control_actions_reach_physics_clipped():
-    env = make_eval_env("dm_control/cartpole-swingup", seed=0)
+    env = make_env("dm_control/cartpole-swingup", seed=0)
     dm_env = env.unwrapped._env
     env.step(np.array([0.3], dtype=np.float32))
     assert dm_env.physics.data.ctrl[0] == pytest.approx(0.3)
@@ -58,7 +58,7 @@ def test_dm_control_actions_reach_physics_clipped():
 
 
 def test_dm_control_time_limit_is_truncation_with_final_obs():
-    envs = make_env("dm_control/cartpole-swingup", seed=0)
+    envs = make_vector_env("dm_control/cartpole-swingup", seed=0)
     action = np.zeros(envs.action_space.shape, dtype=np.float32)
     for step in range(1, 1001):
         obs, _, terminated, truncated, info = envs.step(action)
@@ -74,7 +74,7 @@ def test_dm_control_time_limit_is_truncation_with_final_obs():
 
 
 def test_gymnasium_time_limit_is_truncation():
-    env = make_eval_env("Pendulum-v1", seed=0)
+    env = make_env("Pendulum-v1", seed=0)
     for _ in range(200):
         _, _, terminated, truncated, _ = env.step(np.zeros(1, dtype=np.float32))
         assert not terminated
@@ -82,7 +82,7 @@ def test_gymnasium_time_limit_is_truncation():
 
 
 def test_hopper_falling_terminates():
-    env = make_eval_env("Hopper-v5", seed=0)
+    env = make_env("Hopper-v5", seed=0)
     steps, terminated, truncated = 0, False, False
     while not (terminated or truncated):
         _, _, terminated, truncated, _ = env.step(np.ones(3, dtype=np.float32))
@@ -99,11 +99,11 @@ def test_seeding_is_reproducible(env_id):
 
 @pytest.mark.parametrize("env_id", ["Hopper-v5", "dm_control/cartpole-swingup"])
 def test_returned_env_is_already_seeded(env_id):
-    a, b = make_env(env_id, seed=7), make_env(env_id, seed=7)
+    a, b = make_vector_env(env_id, seed=7), make_vector_env(env_id, seed=7)
     np.testing.assert_array_equal(a.action_space.sample(), b.action_space.sample())
     zeros = np.zeros(a.action_space.shape, dtype=np.float32)
     np.testing.assert_array_equal(a.step(zeros)[0], b.step(zeros)[0])
-    first = make_eval_env(env_id, seed=7)
+    first = make_env(env_id, seed=7)
     obs = first.reset(seed=7)[0]
     first.step(np.zeros(first.action_space.shape, dtype=np.float32))
     np.testing.assert_array_equal(first.reset(seed=7)[0], obs)
@@ -120,7 +120,7 @@ def test_returned_env_is_already_seeded(env_id):
 )
 def test_unknown_id_suggests_spelling(env_id, expected):
     with pytest.raises(ValueError, match=re.escape(repr(env_id))) as err:
-        make_env(env_id, seed=0)
+        make_vector_env(env_id, seed=0)
     assert expected in str(err.value)
 
 
@@ -130,9 +130,9 @@ def test_unknown_id_suggests_spelling(env_id, expected):
 )
 def test_unsupported_tasks_refused(env_id, message):
     with pytest.raises(ValueError, match=message):
-        make_eval_env(env_id, seed=0)
+        make_env(env_id, seed=0)
 
 
 def test_num_envs_validated():
     with pytest.raises(ValueError, match="num_envs=0"):
-        make_env("Hopper-v5", seed=0, num_envs=0)
+        make_vector_env("Hopper-v5", seed=0, num_envs=0)

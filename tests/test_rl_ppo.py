@@ -13,8 +13,7 @@ import torch
 from era.rl import PPOConfig, TrainConfig, train
 from era.rl import ppo as ppo_module
 from era.rl.ppo import RunningMeanStd, gae
-from era.rl.train import CHECKPOINT
-from era.runs import load_checkpoint
+from era.runs import CHECKPOINT, load_checkpoint
 
 
 def tiny(tmp_path, **overrides) -> TrainConfig:
@@ -67,10 +66,12 @@ def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch):
     whole = tiny(tmp_path, out=tmp_path / "whole", total_steps=384)
     train(whole)
     split = dataclasses.replace(whole, out=tmp_path / "split")
-    monkeypatch.setattr(ppo_module, "graceful_interrupt", lambda: nullcontext(StopAfter(2)))
+    monkeypatch.setattr(ppo_module, "stop_signals", lambda: nullcontext(StopAfter(2)))
     train(split)
     assert load_checkpoint(split.out / CHECKPOINT)["step"] == 256  # after two rollouts
     monkeypatch.undo()
+    with (split.out / "metrics.csv").open("a") as f:
+        f.write("384,1")  # a row torn by a crash after the checkpoint
     train(dataclasses.replace(split, resume=True))
     a, b = load_checkpoint(whole.out / CHECKPOINT), load_checkpoint(split.out / CHECKPOINT)
     assert a["step"] == b["step"] == 384
@@ -80,6 +81,21 @@ def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch):
     assert [r["return_mean"] for r in rows(whole.out)] == [
         r["return_mean"] for r in rows(split.out)
     ]
+    # and TensorBoard shows the same events, each step once (timings aside)
+    whole_tb, split_tb = tb_scalars(whole.out), tb_scalars(split.out)
+    assert whole_tb.keys() == split_tb.keys() and "eval/return_mean" in whole_tb
+    for tag, events in whole_tb.items():
+        if not tag.endswith(("sps", "time_s")):
+            assert split_tb[tag] == events, tag
+        assert [s for s, _ in split_tb[tag]] == [s for s, _ in events], tag
+
+
+def tb_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
 
 
 def test_gae_matches_hand_computation():

@@ -15,7 +15,7 @@ from era.rl.buffer import ReplayBuffer
 from era.rl.networks import TwinCritic
 from era.rl.train import CHECKPOINT
 from era.rl.vec_env import ReplayableEnvs
-from era.runs import DivergenceError, load_checkpoint
+from era.runs import DivergenceError, RunError, load_checkpoint
 
 SAC_COLUMNS = [
     "step", "return_mean", "return_std", "entropy", "entropy_min", "entropy_max",
@@ -84,7 +84,7 @@ class StopAfter:
 def interrupt_after(monkeypatch, module, steps: int) -> None:
     from contextlib import nullcontext
 
-    monkeypatch.setattr(module, "graceful_interrupt", lambda: nullcontext(StopAfter(steps)))
+    monkeypatch.setattr(module, "stop_signals", lambda: nullcontext(StopAfter(steps)))
 
 
 @pytest.mark.parametrize("head", ["era", "alpha"])
@@ -138,16 +138,16 @@ def test_bad_configurations_fail_before_training(tmp_path):
     assert not (tmp_path / "run" / "metrics.csv").exists()
     with pytest.raises(ValueError, match="head='std'"):
         tiny(tmp_path, head="std")
-    with pytest.raises(ValueError, match="eval_every=0"):
+    with pytest.raises(ValueError, match="--eval-every 0"):
         tiny(tmp_path, eval_every=0)
 
 
 def test_existing_run_needs_resume_and_resume_needs_same_config(tmp_path):
     config = tiny(tmp_path, total_steps=150)
     train(config)
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(RunError, match="--resume"):
         train(config)
-    with pytest.raises(ValueError, match="sac"):
+    with pytest.raises(RunError, match="--sac.hidden 32 -> 64"):
         other = dataclasses.replace(config, resume=True, sac=SACConfig(hidden=64))
         train(other)
     # Extending a finished run continues it from its checkpoint.

@@ -2,13 +2,12 @@
 
 Each command is a dataclass (parsed by tyro) and a function of the same name taking it, so every
 command is also a Python call: ``era.rl.cli.plot(PlotConfig(runs=[Path("runs/hopper")]))``.
+Errors reach ``era.cli``, which prints them as one line.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +15,7 @@ from typing import Annotated
 import tyro
 
 from era.rl.config import TrainConfig, config_from_dict
-from era.runs import DivergenceError, load_checkpoint, read_metrics
+from era.runs import CHECKPOINT, load_checkpoint, read_metrics
 
 
 @dataclass
@@ -90,43 +89,37 @@ def plot(config: PlotConfig) -> Path:
 
 def evaluate_run(config: EvalConfig) -> tuple[float, float]:
     """Mean and std return of the checkpoint's deterministic policy."""
-    from era.rl.envs import make_eval_env
-    from era.rl.train import CHECKPOINT, evaluate
+    from era.rl.envs import make_env
+    from era.rl.loop import evaluate
+    from era.rl.train import ALGORITHMS
 
     checkpoint = load_checkpoint(config.run / CHECKPOINT)
     train_config = config_from_dict(checkpoint["config"])
-    act = importlib.import_module(f"era.rl.{train_config.algo}").load_policy(
-        train_config, checkpoint
-    )
-    env = make_eval_env(train_config.env, config.seed)
+    act = ALGORITHMS[train_config.algo].load_policy(train_config, checkpoint)
+    env = make_env(train_config.env, config.seed)
     return evaluate(act, env, config.episodes, config.seed)
 
 
 def main(argv: list[str] | None = None) -> None:
     from era.rl.train import train
 
-    try:
-        config = tyro.extras.subcommand_cli_from_dict(
-            {"train": TrainConfig, "plot": PlotConfig, "eval": EvalConfig},
-            prog="era rl",
-            args=argv,
-            description="SAC / PPO with an ERA policy head on Gymnasium MuJoCo and dm_control.",
+    config = tyro.extras.subcommand_cli_from_dict(
+        {"train": TrainConfig, "plot": PlotConfig, "eval": EvalConfig},
+        prog="era rl",
+        args=argv,
+        description="SAC / PPO with an ERA policy head on Gymnasium MuJoCo and dm_control.",
+    )
+    if isinstance(config, TrainConfig):
+        runs = train(config)
+        print(
+            "runs: "
+            + " ".join(map(str, runs))
+            + "   (plot: era rl plot "
+            + " ".join(map(str, runs if len(runs) == 1 else [config.out]))
+            + ")"
         )
-        if isinstance(config, TrainConfig):
-            runs = train(config)
-            print(
-                "runs: "
-                + " ".join(map(str, runs))
-                + "   (plot: era rl plot "
-                + " ".join(map(str, runs if len(runs) == 1 else [config.out]))
-                + ")"
-            )
-        elif isinstance(config, PlotConfig):
-            print(f"wrote {plot(config)}")
-        else:
-            mean, std = evaluate_run(config)
-            print(f"{config.run}: return {mean:.1f} +- {std:.1f} over {config.episodes} episodes")
-    except (ValueError, FileNotFoundError, DivergenceError) as e:
-        sys.exit(f"era rl: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("era rl: interrupted")
+    elif isinstance(config, PlotConfig):
+        print(f"wrote {plot(config)}")
+    else:
+        mean, std = evaluate_run(config)
+        print(f"{config.run}: return {mean:.1f} +- {std:.1f} over {config.episodes} episodes")

@@ -9,17 +9,21 @@ in :class:`SACConfig` (``--sac.*``) and :class:`PPOConfig` (``--ppo.*``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from era.validation import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_NO_0, Range, check_ranges
 
 HEADS = {"sac": ("era", "alpha"), "ppo": ("era", "std")}
 
 
 @dataclass
 class SACConfig:
-    """Soft actor-critic. Defaults follow the authors' SAC-ERA (spec §1.3) except where noted:
-    256 wide instead of 512 and 1 update per step instead of 2, so a CPU run stays fast."""
+    """Soft actor-critic. Defaults follow the authors' SAC-ERA (docs/activations.md) except
+    where noted: 256 wide instead of 512 and 1 update per step instead of 2, so a CPU run
+    stays fast."""
 
     hidden: int = 256
     """width of the hidden layers of actor and critics (authors: 512)"""
@@ -43,6 +47,24 @@ class SACConfig:
     """initial temperature of the alpha head"""
     compile: bool = False
     """torch.compile the losses and the acting policy (faster updates after ~1 min compiling)"""
+
+    def __post_init__(self):
+        check_ranges(
+            self,
+            "sac.",
+            {
+                "hidden": AT_LEAST_1,
+                "layers": AT_LEAST_1,
+                "lr": POSITIVE,
+                "batch_size": AT_LEAST_1,
+                "updates_per_step": AT_LEAST_1,
+                "gamma": UNIT,
+                "tau": UNIT_NO_0,
+                "learning_starts": AT_LEAST_0,
+                "buffer_size": AT_LEAST_1,
+                "init_alpha": POSITIVE,
+            },
+        )
 
 
 @dataclass
@@ -78,6 +100,26 @@ class PPOConfig:
     """normalise observations with running statistics (saved with the agent, frozen in eval)"""
     norm_reward: bool = True
     """scale rewards by the running std of the discounted return"""
+
+    def __post_init__(self):
+        check_ranges(
+            self,
+            "ppo.",
+            {
+                "num_envs": AT_LEAST_1,
+                "num_steps": AT_LEAST_1,
+                "hidden": AT_LEAST_1,
+                "lr": POSITIVE,
+                "gamma": UNIT,
+                "gae_lambda": UNIT,
+                "epochs": AT_LEAST_1,
+                "minibatches": Range(1, self.num_envs * self.num_steps),
+                "clip": POSITIVE,
+                "ent_coef": AT_LEAST_0,
+                "vf_coef": AT_LEAST_0,
+                "max_grad_norm": POSITIVE,
+            },
+        )
 
 
 @dataclass
@@ -126,18 +168,26 @@ class TrainConfig:
             raise ValueError(
                 f"head={self.head!r} is not a {self.algo} head; choose one of {HEADS[self.algo]}"
             )
-        for name in (
-            "total_steps",
-            "eval_every",
-            "eval_episodes",
-            "checkpoint_every",
-            "threads",
-            "workers",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds={self.seeds} contains duplicates")
+        check_ranges(
+            self,
+            "",
+            {
+                "total_steps": AT_LEAST_1,
+                "seed": AT_LEAST_0,
+                "eval_every": AT_LEAST_1,
+                "eval_episodes": AT_LEAST_1,
+                "checkpoint_every": AT_LEAST_1,
+                "threads": AT_LEAST_1,
+                "workers": AT_LEAST_1,
+            },
+        )
+        if self.target_entropy is not None and not math.isfinite(self.target_entropy):
+            raise ValueError(f"--target-entropy {self.target_entropy} must be a finite number")
+        if self.seeds is not None:
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"--seeds {self.seeds} contains duplicates")
+            if min(self.seeds, default=0) < 0:
+                raise ValueError(f"--seeds {self.seeds}: every seed must be >= 0")
 
     def for_seed(self, seed: int) -> TrainConfig:
         """The single-seed run of a --seeds sweep, written to OUT/seed{seed}."""
@@ -145,7 +195,8 @@ class TrainConfig:
 
 
 def default_target_entropy(algo: str, head: str, action_dim: int) -> float:
-    """Per spec §1.3: -D/2 for SAC-ERA, -0.3*D for PPO-ERA; SAC's usual -D for the alpha head.
+    """As in docs/activations.md: -D/2 for SAC-ERA, -0.3*D for PPO-ERA; SAC's usual -D for
+    the alpha head.
 
     The std head of PPO has no target (its entropy is only pushed up by the bonus)."""
     if head == "alpha":

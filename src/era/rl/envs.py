@@ -26,10 +26,10 @@ Contract (what the agents in ``era.rl`` rely on):
   real transition, unlike NEXT_STEP where one step in each episode is a dummy reset).
 * episode statistics: ``RecordEpisodeStatistics`` puts the return and length of finished episodes
   in ``info["episode"]["r"]`` / ``["l"]``, valid where ``info["_episode"]`` is True.
-* seeding: ``make_env(id, seed)`` and ``make_eval_env(id, seed)`` return environments already reset
-  with ``seed`` (sub-environment ``i`` gets ``seed + i``) and with their action spaces seeded, so
-  random warm-up actions and all later episodes are reproducible; calling ``reset(seed=seed)``
-  again gives the same first observation.
+* seeding: ``make_env(id, seed)`` and ``make_vector_env(id, seed)`` return environments already
+  reset with ``seed`` (sub-environment ``i`` gets ``seed + i``) and with their action spaces
+  seeded, so random warm-up actions and all later episodes are reproducible; calling
+  ``reset(seed=seed)`` again gives the same first observation.
 
 Vectorisation is ``SyncVectorEnv``: a MuJoCo-sized environment step is no dearer than the
 inter-process round trip of ``AsyncVectorEnv``, which on the 2-core machine of
@@ -162,9 +162,11 @@ def _make_single(env_id: str, seed: int) -> gym.Env:
     return _gymnasium_env(env_id)
 
 
-def make_env(env_id: str, seed: int, *, num_envs: int = 1) -> gym.vector.VectorEnv:
-    """Training environments: ``num_envs`` copies in a ``SyncVectorEnv`` (SAME_STEP autoreset)
-    with episode statistics, already reset with ``seed``. See the module docstring."""
+def make_vector_env(env_id: str, seed: int, *, num_envs: int = 1) -> gym.vector.VectorEnv:
+    """``num_envs`` copies in a Gymnasium ``SyncVectorEnv`` (SAME_STEP autoreset) with episode
+    statistics, already reset with ``seed``. See the module docstring. The trainers step
+    ``era.rl.vec_env.ReplayableEnvs`` instead (restorable from a checkpoint); this is the
+    standard vector env, for comparisons and tools."""
     if num_envs < 1:
         raise ValueError(f"num_envs={num_envs} must be >= 1.")
     first = _make_single(env_id, seed)  # built here so a bad id fails with our own error
@@ -177,8 +179,9 @@ def make_env(env_id: str, seed: int, *, num_envs: int = 1) -> gym.vector.VectorE
     return envs
 
 
-def make_eval_env(env_id: str, seed: int) -> gym.Env:
-    """One environment for deterministic evaluation, already reset with ``seed``."""
+def make_env(env_id: str, seed: int) -> gym.Env:
+    """One environment, already reset with ``seed``: what the trainers step (one per
+    ``ReplayableEnvs`` slot) and evaluate on."""
     env = gym.wrappers.RecordEpisodeStatistics(_make_single(env_id, seed))
     env.action_space.seed(seed)
     env.reset(seed=seed)

@@ -5,8 +5,9 @@ linear learning-rate annealing, observation normalisation and return-based rewar
 vectorised environments. The heads:
 
 * ``era``: the actor outputs a mean and a raw std per action dimension; an unbounded
-  ``GaussianERA`` fixes the Gaussian's entropy at the target (default -0.3*dim(A), spec §1.3) in
-  every state. The entropy bonus stays available (``--ppo.ent-coef``, the paper keeps 0.01).
+  ``GaussianERA`` fixes the Gaussian's entropy at the target (default -0.3*dim(A), see
+  ``docs/activations.md``) in every state. The entropy bonus stays available
+  (``--ppo.ent-coef``, the paper keeps 0.01).
 * ``std``: a learned state-independent log-std and the entropy bonus.
 
 Actions are clipped to [-1, 1] before the environment (the distribution's own sample is what
@@ -17,33 +18,25 @@ Read top to bottom: normalisers, the agent, the rollout/update loop.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from era.gaussian import GaussianERA
 from era.rl.config import TrainConfig, default_target_entropy
-from era.rl.envs import make_eval_env
-from era.rl.networks import PPOAgent
-from era.rl.train import (
-    CHECKPOINT,
+from era.rl.envs import make_env
+from era.rl.loop import (
+    Clock,
     Reporter,
     evaluate,
+    log_row,
     rng_state,
     set_rng_state,
     start_run,
     write_summary,
 )
+from era.rl.networks import PPOAgent
 from era.rl.vec_env import ReplayableEnvs
-from era.runs import (
-    check_finite,
-    graceful_interrupt,
-    read_metrics,
-    save_checkpoint,
-    set_seed,
-    to_jsonable,
-)
+from era.runs import Run, check_finite, read_metrics, set_seed, stop_signals
 
 CLIP_NORMALISED = 10.0  # normalised observations and scaled rewards are clipped to +-10
 
@@ -212,15 +205,55 @@ def collect_rollout(ppo: PPO, envs: ReplayableEnvs, rewards: RewardScaler, num_s
     return buf, episodes
 
 
+def evaluation_row(
+    ppo: PPO, eval_env, config: TrainConfig, states: torch.Tensor, losses: dict
+) -> dict[str, float]:
+    """Deterministic return, per-state entropy over ``states`` (the latest rollout's) and the
+    latest losses (checked finite after each update): one ``metrics.csv`` row without timing."""
+    ret_mean, ret_std = evaluate(ppo.act, eval_env, config.eval_episodes, seed=config.seed + 10_000)
+    with torch.no_grad():
+        entropy = ppo.agent.policy(states).entropy()
+    target = {} if ppo.target_entropy is None else {"target_entropy": ppo.target_entropy}
+    return {
+        "return_mean": ret_mean,
+        "return_std": ret_std,
+        "entropy": entropy.mean().item(),
+        "entropy_min": entropy.min().item(),
+        "entropy_max": entropy.max().item(),
+        **target,
+        **{k: float(v) for k, v in losses.items()},
+    }
+
+
+def save(
+    run: Run, step: int, row_step: int | None, clock: Clock, ppo: PPO, optimiser, rewards, envs
+) -> None:
+    """Everything a resume needs to continue exactly: agent, optimiser, reward statistics,
+    environments, random state, step, time and the step of the last evaluation row."""
+    run.save_checkpoint(
+        {
+            "step": step,
+            "config": run.config,
+            "ppo": ppo.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "rewards": rewards.state_dict(),
+            "envs": envs.state_dict(),
+            "rng": rng_state(),
+            "elapsed": clock.seconds(),
+            "row_step": row_step,
+        }
+    )
+
+
 def train(config: TrainConfig):
     """Train PPO (``era`` or ``std`` head) as configured; returns the run directory."""
     cfg = config.ppo
     set_seed(config.seed)
     envs, ppo = build(config)
-    logger, checkpoint = start_run(config)
+    run, logger, checkpoint = start_run(config)
     optimiser = torch.optim.Adam(ppo.agent.parameters(), lr=cfg.lr, eps=1e-5)
     rewards = RewardScaler(envs.num_envs, cfg.gamma, cfg.norm_reward)
-    eval_env = make_eval_env(config.env, config.seed + 10_000)
+    eval_env = make_env(config.env, config.seed + 10_000)
     per_rollout = cfg.num_envs * cfg.num_steps
     step, elapsed, row_step = 0, 0.0, None
     if checkpoint is not None:
@@ -231,52 +264,12 @@ def train(config: TrainConfig):
         set_rng_state(checkpoint["rng"])
         step, elapsed, row_step = checkpoint["step"], checkpoint["elapsed"], checkpoint["row_step"]
 
-    def save():
-        save_checkpoint(
-            config.out / CHECKPOINT,
-            {
-                "step": step,
-                "config": to_jsonable(config),
-                "ppo": ppo.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "rewards": rewards.state_dict(),
-                "envs": envs.state_dict(),
-                "rng": rng_state(),
-                "elapsed": elapsed + time.perf_counter() - t0,
-                "row_step": row_step,
-            },
-        )
-
-    def log_evaluation() -> None:
-        nonlocal row_step
-        check_finite(step, **losses)
-        ret_mean, ret_std = evaluate(
-            ppo.act, eval_env, config.eval_episodes, seed=config.seed + 10_000
-        )
-        with torch.no_grad():  # per-state entropy over the latest rollout's states
-            entropy = ppo.agent.policy(rollout_obs).entropy()
-        target = {} if ppo.target_entropy is None else {"target_entropy": ppo.target_entropy}
-        row = {
-            "return_mean": ret_mean,
-            "return_std": ret_std,
-            "entropy": entropy.mean().item(),
-            "entropy_min": entropy.min().item(),
-            "entropy_max": entropy.max().item(),
-            **target,
-            **{k: float(v) for k, v in losses.items()},
-            "sps": reporter.sps(step),
-            "time_s": elapsed + time.perf_counter() - t0,
-        }
-        logger.row(step, row)
-        reporter.evaluation(step, row)
-        row_step = step
-
-    t0 = time.perf_counter()
+    clock = Clock(elapsed)
     reporter = Reporter(config, step)
     losses = {k: torch.tensor(0.0) for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac")}
     rollout_obs = ppo.observe(envs.obs)
     try:
-        with graceful_interrupt() as stop:
+        with stop_signals() as stop:
             while step + per_rollout <= config.total_steps and not stop.requested:
                 for group in optimiser.param_groups:
                     group["lr"] = cfg.lr * (1.0 - step / config.total_steps)
@@ -313,20 +306,20 @@ def train(config: TrainConfig):
                 )
                 reporter.advance_to(step)
                 if step // config.eval_every > previous // config.eval_every:
-                    log_evaluation()
+                    row = evaluation_row(ppo, eval_env, config, rollout_obs, losses)
+                    row_step = log_row(logger, reporter, clock, step, row)
                 if step // config.checkpoint_every > previous // config.checkpoint_every:
-                    save()
+                    save(run, step, row_step, clock, ppo, optimiser, rewards, envs)
             if row_step != step:  # always end with an evaluation of the final policy
-                log_evaluation()
-            save()
-            write_summary(
-                config.out, read_metrics(logger.csv_path), elapsed + time.perf_counter() - t0
-            )
+                row = evaluation_row(ppo, eval_env, config, rollout_obs, losses)
+                row_step = log_row(logger, reporter, clock, step, row)
+            save(run, step, row_step, clock, ppo, optimiser, rewards, envs)
+        write_summary(run.out, read_metrics(logger.csv_path), clock.seconds())
     finally:
         reporter.close()
         logger.close()
         envs.close()
-    return config.out
+    return run.out
 
 
 def load_policy(config: TrainConfig, checkpoint: dict):

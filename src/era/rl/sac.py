@@ -25,15 +25,8 @@ import torch
 from era.gaussian import GaussianERA
 from era.rl.buffer import ReplayBuffer
 from era.rl.config import TrainConfig, default_target_entropy
-from era.rl.envs import make_eval_env
-from era.rl.networks import (
-    SACActor,
-    TanhGaussianHead,
-    TwinCritic,
-    per_state_entropy,
-)
-from era.rl.train import (
-    CHECKPOINT,
+from era.rl.envs import make_env
+from era.rl.loop import (
     Reporter,
     evaluate,
     rng_state,
@@ -41,15 +34,14 @@ from era.rl.train import (
     start_run,
     write_summary,
 )
-from era.rl.vec_env import ReplayableEnvs
-from era.runs import (
-    check_finite,
-    graceful_interrupt,
-    read_metrics,
-    save_checkpoint,
-    set_seed,
-    to_jsonable,
+from era.rl.networks import (
+    SACActor,
+    TanhGaussianHead,
+    TwinCritic,
+    per_state_entropy,
 )
+from era.rl.vec_env import ReplayableEnvs
+from era.runs import check_finite, read_metrics, set_seed, stop_signals
 
 LOG_EVERY = 1000  # steps between TensorBoard training scalars and divergence checks
 
@@ -228,11 +220,11 @@ def train(config: TrainConfig):
     """Train SAC (``era`` or ``alpha`` head) as configured; returns the run directory."""
     set_seed(config.seed)
     envs, agent = build(config)
-    logger, checkpoint = start_run(config)
+    run, logger, checkpoint = start_run(config)
     cfg = config.sac
     capacity = min(cfg.buffer_size, config.total_steps)
     buffer = ReplayBuffer(capacity, envs.observation_space.shape[0], envs.action_space.shape[0])
-    eval_env = make_eval_env(config.env, config.seed + 10_000)
+    eval_env = make_env(config.env, config.seed + 10_000)
     step, elapsed, row_step = 0, 0.0, None
     if checkpoint is not None:
         agent.load_checkpoint_state(checkpoint["agent"])
@@ -242,11 +234,10 @@ def train(config: TrainConfig):
         step, elapsed, row_step = checkpoint["step"], checkpoint["elapsed"], checkpoint["row_step"]
 
     def save():
-        save_checkpoint(
-            config.out / CHECKPOINT,
+        run.save_checkpoint(
             {
                 "step": step,
-                "config": to_jsonable(config),
+                "config": run.config,
                 "agent": agent.checkpoint_state(),
                 "buffer": buffer.state_dict(),
                 "envs": envs.state_dict(),
@@ -285,7 +276,7 @@ def train(config: TrainConfig):
     losses = {"qf_loss": torch.tensor(0.0), "actor_loss": torch.tensor(0.0)}
     obs = envs.obs
     try:
-        with graceful_interrupt() as stop:
+        with stop_signals() as stop:
             while step < config.total_steps and not stop.requested:
                 if step < cfg.learning_starts:
                     action = torch.rand(envs.num_envs, *envs.action_space.shape).numpy() * 2 - 1
@@ -319,14 +310,12 @@ def train(config: TrainConfig):
                 log_evaluation()
             save()
             reporter.advance_to(step)
-            write_summary(
-                config.out, read_metrics(logger.csv_path), elapsed + time.perf_counter() - t0
-            )
+        write_summary(run.out, read_metrics(logger.csv_path), elapsed + time.perf_counter() - t0)
     finally:
         reporter.close()
         logger.close()
         envs.close()
-    return config.out
+    return run.out
 
 
 def load_policy(config: TrainConfig, checkpoint: dict):

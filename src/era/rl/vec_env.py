@@ -7,10 +7,10 @@ resets every episode with a seed derived from ``(run seed, env index, episode nu
 the actions of the current episodes; ``load_state_dict`` replays them (at most one episode per
 environment), which puts every environment back into its exact state.
 
-This is why the trainers step their own copies of ``era.rl.envs.make_eval_env`` instead of a
+This is why the trainers step their own copies of ``era.rl.envs.make_env`` instead of a
 Gymnasium vector env (whose autoreset draws seeds nobody can replay). Semantics otherwise match
-``make_env``'s SAME_STEP autoreset: ``step`` returns the first observation of the next episode
-where one ended, and the true last observation separately for bootstrapping.
+``make_vector_env``'s SAME_STEP autoreset: ``step`` returns the first observation of the next
+episode where one ended, and the true last observation separately for bootstrapping.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from era.rl.envs import make_eval_env
+from era.rl.envs import make_env
 
 
 def episode_seed(seed: int, env_index: int, episode: int) -> int:
@@ -48,7 +49,7 @@ class ReplayableEnvs:
 
     def __init__(self, env_id: str, seed: int, num_envs: int = 1):
         self.seed = seed
-        self.envs = [make_eval_env(env_id, seed + i) for i in range(num_envs)]
+        self.envs = [make_env(env_id, seed + i) for i in range(num_envs)]
         self.action_space = self.envs[0].action_space
         self.observation_space = self.envs[0].observation_space
         self.episodes = [0] * num_envs
@@ -84,11 +85,15 @@ class ReplayableEnvs:
         return StepResult(obs, reward, terminated, truncated, next_obs, finished)
 
     def state_dict(self) -> dict:
+        """Seeds, episode counters and the current episodes' actions (as tensors, so that a
+        checkpoint loads with ``weights_only=True``)."""
         return {
             "seed": self.seed,
             "episodes": list(self.episodes),
             "actions": [
-                np.array(a, dtype=np.float32).reshape(len(a), *self.action_space.shape)
+                torch.from_numpy(
+                    np.array(a, dtype=np.float32).reshape(len(a), *self.action_space.shape)
+                )
                 for a in self.actions
             ],
         }
@@ -104,7 +109,7 @@ class ReplayableEnvs:
         self.episodes = list(state["episodes"])
         for i, actions in enumerate(state["actions"]):
             self.obs[i] = self._reset(i)
-            for action in actions:
+            for action in np.asarray(actions, dtype=np.float32):
                 self.obs[i], reward, *_ = self.envs[i].step(action)
                 self.actions[i].append(action.copy())
                 self.returns[i] += float(reward)
