@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +96,7 @@ def configs(args: Args) -> list[tuple[str, TrainConfig]]:
             for method, fields in METHODS.items():
                 name = f"{regime}/{method}/seed{seed}"
                 config = TrainConfig(
-                    out_dir=args.runs_dir / name,
+                    out=args.runs_dir / name,
                     model=args.model,
                     seed=seed,
                     threads=args.threads,
@@ -144,7 +143,7 @@ def predict(config: TrainConfig, images: torch.Tensor) -> torch.Tensor:
         floor=config.era_floor,
         drop_rate=config.drop_rate,
     )
-    state = torch.load(Path(config.out_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
+    state = torch.load(Path(config.out) / CHECKPOINT, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     model.eval().to(memory_format=torch.channels_last)
     amp = config.amp and native_bfloat16(torch.device("cpu"))
@@ -164,7 +163,7 @@ def scores(logp: torch.Tensor, labels: torch.Tensor, resamples: int) -> dict:
     loss = -logp.gather(-1, labels[:, None])[:, 0]
     count, confidence, hits = reliability_bins(logp, labels)
     conf = logp.exp().max(-1).values
-    bins = (torch.bucketize(conf, torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float64)) - 1)
+    bins = torch.bucketize(conf, torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float64)) - 1
     bins = bins.clamp(0, ECE_BINS - 1)
 
     def ece(index: torch.Tensor) -> torch.Tensor:
@@ -180,13 +179,20 @@ def scores(logp: torch.Tensor, labels: torch.Tensor, resamples: int) -> dict:
         "nll": loss[index].mean(1),
         "ece": torch.cat([ece(chunk) for chunk in index.split(100)]),
     }
-    point = {"top1": correct.mean(), "nll": loss.mean(), "ece": ece(torch.arange(len(labels))[None])}
+    point = {
+        "top1": correct.mean(),
+        "nll": loss.mean(),
+        "ece": ece(torch.arange(len(labels))[None]),
+    }
     out = {}
     for key, values in samples.items():
         low, high = torch.quantile(values, torch.tensor([0.025, 0.975], dtype=torch.float64))
         out[key] = {"value": float(point[key]), "ci95": [float(low), float(high)]}
-    out["reliability"] = {"count": count.tolist(), "confidence": confidence.tolist(),
-                          "correct": hits.tolist()}
+    out["reliability"] = {
+        "count": count.tolist(),
+        "confidence": confidence.tolist(),
+        "correct": hits.tolist(),
+    }
     return out
 
 
@@ -195,7 +201,7 @@ def run_one(name: str, config: TrainConfig, args: Args, test) -> None:
     result = args.results / f"{name}.json"
     if result.exists():
         return
-    folder = Path(config.out_dir)
+    folder = Path(config.out)
     if folder.exists() and not (folder / CHECKPOINT).exists():
         shutil.rmtree(folder)  # stopped before its first checkpoint: nothing to continue
     started = time.perf_counter()
@@ -203,8 +209,10 @@ def run_one(name: str, config: TrainConfig, args: Args, test) -> None:
     if not (folder / "final.json").exists():
         raise KeyboardInterrupt  # stopped early (Ctrl-C): resumed on the next invocation
     images, labels = test
-    shifts = {kind: scores(predict(config, corrupt(images, kind)), labels, args.bootstrap)
-              for kind in SHIFTS}
+    shifts = {
+        kind: scores(predict(config, corrupt(images, kind)), labels, args.bootstrap)
+        for kind in SHIFTS
+    }
     curve = {k: v.tolist() for k, v in read_metrics(folder / "metrics.csv").items()}
     result.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -216,8 +224,11 @@ def run_one(name: str, config: TrainConfig, args: Args, test) -> None:
     }
     result.write_text(json.dumps(payload, indent=1) + "\n")
     clean = shifts["clean"]
-    print(f"{name}: top1 {clean['top1']['value']:.4f} nll {clean['nll']['value']:.4f} "
-          f"ece {clean['ece']['value']:.4f} ({payload['train_seconds']:.0f} s)", flush=True)
+    print(
+        f"{name}: top1 {clean['top1']['value']:.4f} nll {clean['nll']['value']:.4f} "
+        f"ece {clean['ece']['value']:.4f} ({payload['train_seconds']:.0f} s)",
+        flush=True,
+    )
 
 
 def _load_results(folder: Path) -> dict[str, dict[str, list[dict]]]:
@@ -265,8 +276,11 @@ def summarise(results: dict) -> tuple[dict, str]:
                 cells.append(_cell(clean, scale, digits, ci))
                 row[f"{metric}_ci95_first_seed"] = ci
             for metric, scale, digits in (("top1", 100, 2), ("nll", 1, 3), ("ece", 100, 2)):
-                cells.append(_cell(row[f"{metric}_shifted"], scale, digits, None)
-                             if len(runs) > 1 else f"{row[f'{metric}_shifted'][0] * scale:.{digits}f}")
+                cells.append(
+                    _cell(row[f"{metric}_shifted"], scale, digits, None)
+                    if len(runs) > 1
+                    else f"{row[f'{metric}_shifted'][0] * scale:.{digits}f}"
+                )
             summary.setdefault(regime, {})[method] = row
             lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -294,16 +308,23 @@ def plot_plane(results: dict, out_png: Path) -> Path:
                     ece = [r["shifts"]["clean"]["ece"]["value"] for r in runs]
                     top1 = [r["shifts"]["clean"]["top1"]["value"] for r in runs]
                 ax.errorbar(
-                    100 * np.mean(ece), 100 * np.mean(top1),
-                    xerr=100 * np.std(ece), yerr=100 * np.std(top1), fmt=marker, color=color,
-                    mfc="none" if shifted else color, capsize=3,
-                    label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})" if not shifted
+                    100 * np.mean(ece),
+                    100 * np.mean(top1),
+                    xerr=100 * np.std(ece),
+                    yerr=100 * np.std(top1),
+                    fmt=marker,
+                    color=color,
+                    mfc="none" if shifted else color,
+                    capsize=3,
+                    label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})"
+                    if not shifted
                     else None,
                 )
         ax.set_xlabel("ECE, 15 bins (%)  — lower is better")
         ax.set_ylabel("top-1 (%)")
-        ax.set_title(f"{regime}: clean (filled) and shifted test sets (open, mean of 3)",
-                     fontsize=9)
+        ax.set_title(
+            f"{regime}: clean (filled) and shifted test sets (open, mean of 3)", fontsize=9
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return save_figure(fig, out_png)
@@ -323,20 +344,36 @@ def plot_reliability_grid(results: dict, regime: str, out_png: Path) -> Path:
     rows = math.ceil(len(methods) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.1 * rows), squeeze=False)
     centres = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
-    for ax, (method, runs) in zip(axes.flat, methods.items()):
-        bins = np.sum([[r["shifts"]["clean"]["reliability"][k] for k in
-                        ("count", "confidence", "correct")] for r in runs], axis=0)
+    for ax, (method, runs) in zip(axes.flat, methods.items(), strict=False):  # spare: empty
+        bins = np.sum(
+            [
+                [r["shifts"]["clean"]["reliability"][k] for k in ("count", "confidence", "correct")]
+                for r in runs
+            ],
+            axis=0,
+        )
         count, confidence, correct = bins
         seen = count > 0
-        ax.bar(centres[seen], correct[seen] / count[seen], width=1 / ECE_BINS, alpha=0.6,
-               edgecolor="k", label="accuracy")
-        ax.plot(confidence[seen] / count[seen], correct[seen] / count[seen], "r.", ms=4,
-                label="(mean confidence, accuracy)")
+        ax.bar(
+            centres[seen],
+            correct[seen] / count[seen],
+            width=1 / ECE_BINS,
+            alpha=0.6,
+            edgecolor="k",
+            label="accuracy",
+        )
+        ax.plot(
+            confidence[seen] / count[seen],
+            correct[seen] / count[seen],
+            "r.",
+            ms=4,
+            label="(mean confidence, accuracy)",
+        )
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set_title(f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})", fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-    for ax in list(axes.flat)[len(methods):]:
+    for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     axes[0][0].legend(fontsize=6)
     fig.supxlabel("confidence (top-1 probability)")
@@ -358,8 +395,11 @@ def plot_learning_curves(results: dict, out_png: Path) -> Path:
         for i, (method, runs) in enumerate(methods.items()):
             epochs = np.array(runs[0]["learning_curve"]["epoch"])
             for ax, metric, scale in ((row[0], "nll", 1), (row[1], "top1", 100)):
-                curves = [r["learning_curve"][metric] for r in runs
-                          if len(r["learning_curve"][metric]) == len(epochs)]
+                curves = [
+                    r["learning_curve"][metric]
+                    for r in runs
+                    if len(r["learning_curve"][metric]) == len(epochs)
+                ]
                 ax.plot(epochs, scale * np.mean(curves, axis=0), color=f"C{i}", label=method)
         row[0].set_ylabel(f"{regime}: test NLL")
         row[1].set_ylabel(f"{regime}: test top-1 (%)")
@@ -385,8 +425,11 @@ def report(args: Args) -> None:
         plot_learning_curves(results, args.figures / "vision_study_curves.png"),
     ]
     for regime in results:
-        written.append(plot_reliability_grid(
-            results, regime, args.figures / f"vision_study_reliability_{regime}.png"))
+        written.append(
+            plot_reliability_grid(
+                results, regime, args.figures / f"vision_study_reliability_{regime}.png"
+            )
+        )
     print("wrote", ", ".join(str(p) for p in written))
 
 

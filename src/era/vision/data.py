@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
-DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -38,6 +38,7 @@ FASHION_MNIST_CLASSES = (
 _STATS = {  # per-channel mean and std of the training images
     "fashion-mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
 }
 
@@ -249,15 +250,20 @@ def _folder_transform(*, train: bool, augment: bool, image_size: int):
     )
 
 
-def _load_cifar10(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets import CIFAR10
+def _load_cifar(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 or CIFAR-100 (fine labels) from the extracted python version of the archive."""
+    from torchvision.datasets import CIFAR10, CIFAR100
 
-    if not (root / "cifar-10-batches-py").is_dir():
+    dataset, folder, archive = {
+        "cifar10": (CIFAR10, "cifar-10-batches-py", "cifar-10-python.tar.gz"),
+        "cifar100": (CIFAR100, "cifar-100-python", "cifar-100-python.tar.gz"),
+    }[name]
+    if not (root / folder).is_dir():
         raise FileNotFoundError(
-            f"CIFAR-10 not found: expected {root / 'cifar-10-batches-py'} (the extracted python "
-            "version, cifar-10-python.tar.gz); nothing is downloaded"
+            f"{name} not found: expected {root / folder} (the extracted python version, "
+            f"{archive}); nothing is downloaded"
         )
-    data = CIFAR10(str(root), train=train, download=False)
+    data = dataset(str(root), train=train, download=False)
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(data.targets)
 
@@ -306,7 +312,7 @@ def build_datasets(
         root = Path(data_dir) if data_dir else FASHION_MNIST_DIR
         (train_x, train_y), test = (load_fashion_mnist(root, t) for t in (True, False))
     else:
-        (train_x, train_y), test = (_load_cifar10(Path(data_dir), t) for t in (True, False))
+        (train_x, train_y), test = (_load_cifar(name, Path(data_dir), t) for t in (True, False))
     if train_subset:
         keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))
         train_x, train_y = train_x[keep[:train_subset]], train_y[keep[:train_subset]]
@@ -314,7 +320,7 @@ def build_datasets(
     return DataSpec(
         train=TensorImages(train_x, train_y),
         test=TensorImages(*test),
-        num_classes=10,
+        num_classes=100 if name == "cifar100" else 10,
         in_chans=train_x.shape[1],
         train_collate=SmallImageBatch(mean, std, augment=augment, seed=seed),
         test_collate=SmallImageBatch(mean, std, augment=False, seed=seed),
