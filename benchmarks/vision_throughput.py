@@ -11,7 +11,9 @@ excluded) on Fashion-MNIST, batch 128, the same model, for four variants measure
 * ``plain``: a hand-written timm + torch loop at the fast path's settings (same model, in-memory
   uint8 tensors, crop + flip on whole batches, channels_last, bf16 autocast, SGD), the floor of
   what a training loop costs: the trainer's extra work (seeded augmentation, logging, checks) is
-  the gap between ``fast`` and ``plain``.
+  the gap between ``fast`` and ``plain``;
+* ``fast-compile`` (only when asked: ``--variants fast fast-compile``): ``fast`` with
+  ``--compile``; its compilation falls in the first epoch, not the measured one.
 
 Each measurement is a fresh process with one torch thread; repetitions are interleaved
 (before, fast-fp32, fast, plain, before, ...) so that a change of machine load hits every variant
@@ -35,7 +37,7 @@ from pathlib import Path
 import tyro
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ("before", "fast-fp32", "fast", "plain")
+VARIANTS = ("before", "fast-fp32", "fast", "plain", "fast-compile")
 
 
 @dataclass
@@ -54,7 +56,7 @@ class Args:
     """torch threads per measurement"""
     before: str = "9267763"
     """the commit whose trainer is the 'before' variant"""
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = VARIANTS[:4]
     """which variants to measure"""
     results: Path = Path("benchmarks/results/vision_throughput.json")
     """the JSON summary"""
@@ -64,12 +66,12 @@ class Args:
     """(internal) the source tree of the 'before' variant"""
 
 
-def _trainer_epoch(args: Args, amp: bool, fast: bool) -> float:
+def _trainer_epoch(args: Args, amp: bool, fast: bool, compile: bool = False) -> float:
     """Images/s of the 2nd epoch of ``era.vision.train`` (its metrics.csv ``time_s`` column)."""
     from era.runs import read_metrics
     from era.vision.train import TrainConfig, train
 
-    options = dict(amp=amp) | (dict(channels_last=True) if fast else {})
+    options = dict(amp=amp) | (dict(channels_last=True, compile=compile) if fast else {})
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
             **{"out" if fast else "out_dir": Path(out)},  # the 'before' trainer's spelling
@@ -138,6 +140,8 @@ def _measure_in_child(args: Args) -> float:
         return _trainer_epoch(args, amp=False, fast=False)
     if args.child == "plain":
         return _plain_epoch(args)
+    if args.child == "fast-compile":
+        return _trainer_epoch(args, amp=True, fast=True, compile=True)
     return _trainer_epoch(args, amp=args.child == "fast", fast=True)
 
 
