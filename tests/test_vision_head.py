@@ -114,7 +114,7 @@ def test_floor_holds_on_real_images_untrained_and_trained():
             untrained = predictive_entropy(model(test_x))
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        for step in range(25):
+        for step in range(60):
             batch = slice(step % 2 * 64, step % 2 * 64 + 64)
             loss = nn.functional.cross_entropy(model(train_x[batch]), train_y[batch])
             optimizer.zero_grad()

@@ -148,8 +148,8 @@ class TrainConfig:
     channels_last: bool = True
     """channels-last memory format for the model and images (faster convolutions; same results)"""
     compile: bool = False
-    """torch.compile the training forward/backward (pays a compilation when the run starts; did
-    not speed up ResNet-20 on a CPU, see docs/benchmarks/vision.md)"""
+    """torch.compile the training forward/backward (pays a compilation when the run starts; off
+    by default: no speed-up found for ResNet-20 on a CPU)"""
     sync_bn: bool = False
     """with several GPUs, compute BatchNorm statistics over the global batch (SyncBatchNorm)"""
     threads: int = 0
