@@ -272,7 +272,6 @@ def test_fast_path_equals_plain_path_in_float32(tmp_path):
         epochs=1,
         eval_every=1,
         max_steps=1,
-        amp=False,
         channels_last=False,
         out=tmp_path / "plain",
     )
