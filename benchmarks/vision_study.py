@@ -200,6 +200,17 @@ def run_one(name: str, config: TrainConfig, args: Args, test) -> None:
     """Train (or resume) one run, evaluate it under every shift, write its JSON."""
     result = args.results / f"{name}.json"
     if result.exists():
+        done = json.loads(result.read_text())["config"]
+        changed = [
+            k
+            for k in ("model", "epochs", "train_subset", "eval_every")
+            if done[k] != getattr(config, k)
+        ]
+        if changed:
+            raise ValueError(
+                f"{result} was trained with other settings ({', '.join(changed)}); "
+                "pass another --results (and --runs-dir) for this study"
+            )
         return
     folder = Path(config.out)
     if folder.exists() and not (folder / CHECKPOINT).exists():
