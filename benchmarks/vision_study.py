@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import tyro
 
-from era.runs import read_metrics
+from era.runs import Interrupted, read_metrics
 from era.vision.data import _STATS, load_fashion_mnist
 from era.vision.head import create_model
 from era.vision.metrics import ECE_BINS, reliability_bins
@@ -451,9 +451,10 @@ def main(args: Args) -> None:
         for name, config in configs(args):
             try:
                 run_one(name, config, args, test)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Interrupted) as e:
+                # The trainer saved its checkpoint: the next invocation resumes this run.
                 print(f"stopped during {name}; rerun the same command to continue", flush=True)
-                break
+                raise SystemExit(getattr(e, "exit_code", 130)) from None
     else:
         report(args)
 
