@@ -37,7 +37,7 @@ import tyro
 from era.plotting import save_figure
 from era.runs import run_in_parallel
 from era.vision.plot import group_runs, plot_reliability, run_label
-from era.vision.train import TrainConfig, train
+from era.vision.train import CHECKPOINT, TrainConfig, train
 
 METRICS = ("top1", "top5", "nll", "ece", "entropy_mean", "entropy_min")
 
@@ -95,10 +95,9 @@ def configs(args: Args) -> list[TrainConfig]:
         device=args.device,
         threads=args.threads,
         progress=False,
-        resume=True,
     )
     return [
-        TrainConfig(out_dir=args.out_dir / name / f"seed{seed}", seed=seed, **common, **method)
+        TrainConfig(out=args.out_dir / name / f"seed{seed}", seed=seed, **common, **method)
         for name, method in methods.items()
         for seed in args.seeds
     ]
@@ -106,12 +105,12 @@ def configs(args: Args) -> list[TrainConfig]:
 
 def run_one(config: TrainConfig) -> dict[str, float]:
     """Train one run unless it has finished already; its final test metrics."""
-    final = Path(config.out_dir) / "final.json"
+    final = Path(config.out) / "final.json"
     if final.exists():
         return json.loads(final.read_text())
     started = time.perf_counter()
-    metrics = train(config)
-    print(f"{config.out_dir}: {metrics} ({time.perf_counter() - started:.0f} s)", flush=True)
+    metrics = train(dataclasses.replace(config, resume=(Path(config.out) / CHECKPOINT).exists()))
+    print(f"{config.out}: {metrics} ({time.perf_counter() - started:.0f} s)", flush=True)
     return metrics
 
 
@@ -188,7 +187,7 @@ def main(args: Args) -> None:
     runs = configs(args)
     started = time.perf_counter()
     if args.report_only:
-        runs = [c for c in runs if (Path(c.out_dir) / "final.json").exists()]
+        runs = [c for c in runs if (Path(c.out) / "final.json").exists()]
         print(f"{len(runs)} finished runs under {args.out_dir}", flush=True)
         results = [run_one(c) for c in runs]
     else:
@@ -205,7 +204,7 @@ def main(args: Args) -> None:
     args.results.write_text(json.dumps(summary, indent=2) + "\n")
     summary_png = plot_summary(table, args.figure)
     reliability = plot_reliability(
-        group_runs([Path(c.out_dir) for c in runs]),
+        group_runs([Path(c.out) for c in runs]),
         args.figure.with_name(args.figure.stem + "_reliability.png"),
     )
     print(markdown(table))

@@ -7,14 +7,12 @@ Each command is a dataclass parsed by tyro, and the same dataclass is the Python
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import tyro
 
-from era.runs import DivergenceError
 from era.vision.train import TrainConfig
 
 
@@ -57,22 +55,19 @@ def plot(config: PlotConfig) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> None:
     from era.vision.train import train
 
-    try:
-        config = tyro.extras.subcommand_cli_from_dict(
-            {"train": TrainConfig, "plot": PlotConfig},
-            prog="era vision",
-            args=argv,
-            description="Image classification with the ERA softmax head (timm / torchvision).",
-        )
-        if isinstance(config, TrainConfig):
-            metrics = train(config)
-            if int(os.environ.get("RANK", "0")) == 0:  # once, not once per torchrun process
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                print(f"{config.out_dir}: {shown}   (plot: era vision plot {config.out_dir})")
-        else:
-            curves, reliability = plot(config)
-            print(f"wrote {curves} and {reliability}")
-    except (ValueError, FileNotFoundError, FileExistsError, DivergenceError) as e:
-        sys.exit(f"era vision: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("era vision: interrupted")
+    # Errors reach `era`'s one-line error handler (era.cli.user_errors): exit 2 for a setting or
+    # run folder to fix, 130 / 143 after Ctrl-C / SIGTERM saved the run.
+    config = tyro.extras.subcommand_cli_from_dict(
+        {"train": TrainConfig, "plot": PlotConfig},
+        prog="era vision",
+        args=argv,
+        description="Image classification with the ERA softmax head (timm / torchvision).",
+    )
+    if isinstance(config, TrainConfig):
+        metrics = train(config)
+        if int(os.environ.get("RANK", "0")) == 0:  # once, not once per torchrun process
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"{config.out}: {shown}   (plot: era vision plot {config.out})")
+    else:
+        curves, reliability = plot(config)
+        print(f"wrote {curves} and {reliability}")

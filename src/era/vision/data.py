@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
-DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -38,6 +38,7 @@ FASHION_MNIST_CLASSES = (
 _STATS = {  # per-channel mean and std of the training images
     "fashion-mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
 }
 
@@ -84,10 +85,12 @@ def sample_randomness(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
 
 
 class TensorImages(Dataset):
-    """Small images held in memory as one uint8 tensor ``[N, C, H, W]``.
+    """Small images held in memory as one uint8 tensor ``[N, C, H, W]``, served a batch at a time.
 
-    Indexed by the ``(index, epoch)`` pairs of :class:`ShardedSampler`; the images are
-    augmented and normalised a whole batch at a time by :class:`SmallImageBatch`.
+    Indexed by the ``(index, epoch)`` pairs of :class:`ShardedSampler`. ``__getitems__`` (which
+    torch's DataLoader calls with a whole batch of keys) slices the tensor once instead of
+    building ``N`` single-image tensors; :class:`SmallImageBatch` then augments and normalises
+    the batch with tensor operations.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
@@ -102,15 +105,24 @@ class TensorImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, key: tuple[int, int]):
-        index, epoch = key
-        return self.images[index], int(self.labels[index]), index, epoch
+        index, _ = key
+        return self.images[index], int(self.labels[index])
+
+    def __getitems__(self, keys: list[tuple[int, int]]):
+        """``(images uint8 [B, C, H, W], labels [B], indices [B], epoch)`` of one batch."""
+        index = torch.tensor([k[0] for k in keys], dtype=torch.int64)
+        epochs = {k[1] for k in keys}
+        if len(epochs) != 1:
+            raise ValueError(f"a batch must come from one epoch, got epochs {sorted(epochs)}")
+        return self.images[index], self.labels[index], index, epochs.pop()
 
 
 class SmallImageBatch:
-    """Collates :class:`TensorImages` samples: pad-and-crop + horizontal flip, then normalise.
+    """Collates a :class:`TensorImages` batch: pad-and-crop + horizontal flip, then normalise.
 
     The standard small-image augmentation (pad by 1/8 of the side, random crop back, flip with
     probability 1/2), with each image's offsets and flip taken from :func:`sample_randomness`.
+    Crop and flip are one gather over the padded batch (no per-image Python loop).
     """
 
     def __init__(self, mean: tuple, std: tuple, *, augment: bool, seed: int):
@@ -118,23 +130,30 @@ class SmallImageBatch:
         self.std = torch.tensor(std).view(-1, 1, 1)
         self.augment, self.seed = augment, seed
 
-    def __call__(self, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.stack([s[0] for s in samples])
-        labels = torch.tensor([s[1] for s in samples])
+    def __call__(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels, index, epoch = batch
         if self.augment:
-            height, width = images.shape[-2:]
-            pad = height // 8
-            bits = sample_randomness(self.seed, samples[0][3], np.array([s[2] for s in samples]))
-            span = np.uint64(2 * pad + 1)
-            dy, dx = bits % span, (bits >> np.uint64(16)) % span
-            flip = (bits >> np.uint64(32)) & np.uint64(1)
-            padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-            crops = [
-                padded[k, :, y : y + height, x : x + width]
-                for k, (y, x) in enumerate(zip(dy.tolist(), dx.tolist(), strict=True))
-            ]
-            images = torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flip, strict=True)])
+            images = self.crop_and_flip(images, sample_randomness(self.seed, epoch, index.numpy()))
         return (images.float() / 255 - self.mean) / self.std, labels
+
+    @staticmethod
+    def crop_and_flip(images: torch.Tensor, bits: np.ndarray) -> torch.Tensor:
+        """Image ``k`` cropped at offsets drawn from ``bits[k]`` of its zero-padded self, and
+        mirrored when bit 32 is set."""
+        height, width = images.shape[-2:]
+        pad = height // 8
+        span = np.uint64(2 * pad + 1)
+        dy = torch.from_numpy((bits % span).astype(np.int64))
+        dx = torch.from_numpy(((bits >> np.uint64(16)) % span).astype(np.int64))
+        flip = torch.from_numpy(((bits >> np.uint64(32)) & np.uint64(1)).astype(bool))
+        rows = dy[:, None] + torch.arange(height)
+        columns = torch.arange(width).expand(len(images), width)
+        columns = dx[:, None] + torch.where(flip[:, None], width - 1 - columns, columns)
+        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+        batch = torch.arange(len(images))[:, None, None]
+        # Advanced indices around a slice put their dimensions first: [B, H, W, C].
+        crops = padded[batch, :, rows[:, :, None], columns[:, None, :]]
+        return crops.permute(0, 3, 1, 2).contiguous()
 
 
 class SeededTransform(Dataset):
@@ -231,15 +250,20 @@ def _folder_transform(*, train: bool, augment: bool, image_size: int):
     )
 
 
-def _load_cifar10(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets import CIFAR10
+def _load_cifar(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 or CIFAR-100 (fine labels) from the extracted python version of the archive."""
+    from torchvision.datasets import CIFAR10, CIFAR100
 
-    if not (root / "cifar-10-batches-py").is_dir():
+    dataset, folder, archive = {
+        "cifar10": (CIFAR10, "cifar-10-batches-py", "cifar-10-python.tar.gz"),
+        "cifar100": (CIFAR100, "cifar-100-python", "cifar-100-python.tar.gz"),
+    }[name]
+    if not (root / folder).is_dir():
         raise FileNotFoundError(
-            f"CIFAR-10 not found: expected {root / 'cifar-10-batches-py'} (the extracted python "
-            "version, cifar-10-python.tar.gz); nothing is downloaded"
+            f"{name} not found: expected {root / folder} (the extracted python version, "
+            f"{archive}); nothing is downloaded"
         )
-    data = CIFAR10(str(root), train=train, download=False)
+    data = dataset(str(root), train=train, download=False)
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(data.targets)
 
@@ -288,7 +312,7 @@ def build_datasets(
         root = Path(data_dir) if data_dir else FASHION_MNIST_DIR
         (train_x, train_y), test = (load_fashion_mnist(root, t) for t in (True, False))
     else:
-        (train_x, train_y), test = (_load_cifar10(Path(data_dir), t) for t in (True, False))
+        (train_x, train_y), test = (_load_cifar(name, Path(data_dir), t) for t in (True, False))
     if train_subset:
         keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))
         train_x, train_y = train_x[keep[:train_subset]], train_y[keep[:train_subset]]
@@ -296,7 +320,7 @@ def build_datasets(
     return DataSpec(
         train=TensorImages(train_x, train_y),
         test=TensorImages(*test),
-        num_classes=10,
+        num_classes=100 if name == "cifar100" else 10,
         in_chans=train_x.shape[1],
         train_collate=SmallImageBatch(mean, std, augment=augment, seed=seed),
         test_collate=SmallImageBatch(mean, std, augment=False, seed=seed),

@@ -7,6 +7,7 @@ training *and* evaluation, the loss stays plain cross-entropy on the ERA logits,
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from era.softmax import SoftmaxERA
@@ -29,7 +30,10 @@ class ERAClassifier(nn.Module):
         return self.era.num_classes
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.era(self.model(x))
+        logits = self.model(x)
+        # Under bf16 autocast the activation still runs in float32, where its floor is exact.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.era(logits.to(torch.promote_types(logits.dtype, torch.float32)))
 
 
 def infer_num_classes(model: nn.Module) -> int:
@@ -88,10 +92,14 @@ def create_model(
 ) -> nn.Module:
     """A freshly initialised timm model, with ERA on its outputs when ``era_min_entropy`` is set.
 
+    Besides timm's own models, ``resnet20`` (:mod:`era.vision.resnet`) for small images.
+
     ``drop_rate`` is timm's dropout before the classifier (the dropout baseline). Weights are
     never downloaded: ``pretrained=False`` always (load your own checkpoint into ``.model``).
     """
     import timm
+
+    import era.vision.resnet  # noqa: F401  (registers resnet20 with timm)
 
     if not timm.is_model(name):
         raise ValueError(

@@ -1,12 +1,14 @@
 """The image-classification trainer: ERA or a baseline, one CPU to many GPUs (torchrun / DDP).
 
-``train(TrainConfig(...))`` is the whole pipeline: data, model, SGD/AdamW with a warmup + cosine
-schedule, evaluation (top-1/5, NLL, ECE, predictive entropy) every ``eval_every`` steps, CSV +
-TensorBoard logs, checkpoints. A checkpoint holds everything the next step depends on (weights,
-optimiser, schedule, every process's random state, the step), so a resumed run continues exactly
-as if it had never stopped. Launched by ``torchrun --nproc-per-node N``, each process trains on
-``batch_size / N`` images of every global batch and gradients are averaged (gloo on CPU, NCCL on
-GPU); logging and checkpoints are done by process 0 alone.
+In the shape of timm's ``train.py``: :func:`train` (the ``era vision train`` command) builds the
+data, model, SGD/AdamW with a warmup + cosine schedule and the run folder, then alternates
+:func:`train_one_epoch` and :func:`validate` (top-1/5, NLL, ECE, predictive entropy) and writes
+CSV + TensorBoard logs and checkpoints. A checkpoint holds everything the next step depends on
+(weights, optimiser, schedule, every process's random state, the step), as tensors and plain
+data, so a resumed run continues exactly as if it had never stopped. Launched by
+``torchrun --nproc-per-node N``, each process trains on ``batch_size / N`` images of every global
+batch and gradients are averaged (gloo on CPU, NCCL on GPU); logging and checkpoints are done by
+process 0 alone.
 """
 
 from __future__ import annotations
@@ -28,25 +30,50 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from era.runs import (
+    CHECKPOINT,
     MetricLogger,
+    Run,
+    RunError,
+    StopFlag,
     check_finite,
-    graceful_interrupt,
     load_checkpoint,
+    open_run,
     progress_bar,
-    save_checkpoint,
     set_seed,
-    write_run_metadata,
+    stop_signals,
 )
+from era.validation import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, check_ranges
 from era.vision.data import ShardedSampler, build_datasets
 from era.vision.head import create_model
 from era.vision.losses import classification_loss
 from era.vision.metrics import EvalAccumulator
 
-CHECKPOINT = "checkpoint.pt"
+# `--out` as in every era command; `--out-dir` is the former spelling.
+OutDir = Annotated[Path, tyro.conf.arg(aliases=("--out-dir",))]
 
+# Settings a resumed run may change: they do not change what the run computes.
+MAY_CHANGE = frozenset({"max_steps", "progress", "workers", "threads", "eval_batch_size"})
 
-# The run directory answers to `--out-dir` and, as in `era rl train`, to `--out`.
-OutDir = Annotated[Path, tyro.conf.arg(aliases=("--out",))]
+_RANGES = {
+    "label_smoothing": Range(0, 1, high_closed=False),
+    "confidence_penalty": AT_LEAST_0,
+    "drop_rate": Range(0, 1, high_closed=False),
+    "mixup": AT_LEAST_0,
+    "cutmix": AT_LEAST_0,
+    "lr": POSITIVE,
+    "momentum": Range(0, 1, high_closed=False),
+    "weight_decay": AT_LEAST_0,
+    "epochs": AT_LEAST_1,
+    "batch_size": AT_LEAST_1,
+    "eval_batch_size": AT_LEAST_1,
+    "eval_every": AT_LEAST_0,
+    "max_steps": AT_LEAST_0,
+    "workers": AT_LEAST_0,
+    "threads": AT_LEAST_0,
+    "train_subset": AT_LEAST_0,
+    "eval_subset": AT_LEAST_0,
+    "image_size": AT_LEAST_1,
+}
 
 
 @dataclass
@@ -57,10 +84,12 @@ class TrainConfig:
     ``--confidence-penalty``, ``--drop-rate`` (dropout before the classifier), mixup/cutmix.
     """
 
-    out_dir: OutDir = Path("runs/vision/fashion-mnist")
-    """run directory: config, versions, metrics.csv, TensorBoard events (tb/), checkpoint"""
-    dataset: Literal["fashion-mnist", "cifar10", "imagefolder"] = "fashion-mnist"
-    """fashion-mnist (Debian package dataset-fashion-mnist), cifar10, or an ImageFolder tree"""
+    out: OutDir = Path("runs/vision/fashion-mnist")
+    """run folder: config, versions, metrics.csv, TensorBoard events (tb/), checkpoint; a folder
+    holding another run is refused"""
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagefolder"] = "fashion-mnist"
+    """fashion-mnist (Debian package dataset-fashion-mnist), cifar10, cifar100 (the python
+    versions, extracted in --data-dir), or an ImageFolder tree (--data-dir/train, --data-dir/val)"""
     data_dir: Path | None = None
     """dataset root (default for fashion-mnist: /usr/share/datasets/fashion-mnist)"""
     image_size: int = 224
@@ -114,7 +143,13 @@ class TrainConfig:
     device: str = "auto"
     """auto (cuda if available), cpu, cuda"""
     amp: bool = True
-    """bfloat16 autocast on CUDA (ignored on CPU)"""
+    """bfloat16 autocast where the hardware computes in bfloat16 natively: CUDA, and CPUs with
+    AVX512-BF16 or AMX (ignored on other CPUs)"""
+    channels_last: bool = True
+    """channels-last memory format for the model and images (faster convolutions; same results)"""
+    compile: bool = False
+    """torch.compile the training forward/backward (pays a compilation when the run starts; off
+    by default: no speed-up found for ResNet-20 on a CPU)"""
     sync_bn: bool = False
     """with several GPUs, compute BatchNorm statistics over the global batch (SyncBatchNorm)"""
     threads: int = 0
@@ -122,56 +157,21 @@ class TrainConfig:
     seed: int = 0
     """seed of initialisation, data order, augmentation and dropout"""
     resume: bool = False
-    """continue from out_dir's checkpoint (starts afresh when there is none)"""
+    """continue the run in --out from its checkpoint (an error if there is none, or if the
+    configuration differs in anything but max_steps, progress, workers, threads,
+    eval_batch_size)"""
     progress: bool = True
     """show a progress bar"""
 
     def __post_init__(self):
-        checks = {
-            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
-            "confidence_penalty": self.confidence_penalty >= 0.0,
-            "drop_rate": 0.0 <= self.drop_rate < 1.0,
-            "mixup": self.mixup >= 0.0,
-            "cutmix": self.cutmix >= 0.0,
-            "lr": self.lr > 0.0,
-            "momentum": 0.0 <= self.momentum < 1.0,
-            "weight_decay": self.weight_decay >= 0.0,
-            "epochs": self.epochs >= 1,
-            "warmup_epochs": 0.0 <= self.warmup_epochs <= self.epochs,
-            "batch_size": self.batch_size >= 1,
-            "eval_batch_size": self.eval_batch_size >= 1,
-            "eval_every": self.eval_every >= 0,
-            "max_steps": self.max_steps >= 0,
-            "workers": self.workers >= 0,
-            "threads": self.threads >= 0,
-            "train_subset": self.train_subset >= 0,
-            "eval_subset": self.eval_subset >= 0,
-        }
-        allowed = {
-            "label_smoothing": "in [0, 1)",
-            "confidence_penalty": ">= 0",
-            "drop_rate": "in [0, 1)",
-            "mixup": ">= 0",
-            "cutmix": ">= 0",
-            "lr": "> 0",
-            "momentum": "in [0, 1)",
-            "weight_decay": ">= 0",
-            "epochs": ">= 1",
-            "warmup_epochs": "in [0, epochs]",
-            "batch_size": ">= 1",
-            "eval_batch_size": ">= 1",
-            "eval_every": ">= 0",
-            "max_steps": ">= 0",
-            "workers": ">= 0",
-            "threads": ">= 0",
-            "train_subset": ">= 0",
-            "eval_subset": ">= 0",
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{name} must be {allowed[name]}, got {getattr(self, name)!r}")
+        check_ranges(self, "", _RANGES)
+        if not 0.0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(
+                f"--warmup-epochs {self.warmup_epochs} is out of range: it must be in "
+                f"[0, epochs = {self.epochs}]"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+            raise ValueError(f"--device {self.device!r}: it must be auto, cpu or cuda")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,11 +196,25 @@ def _start_processes(device: str) -> tuple[int, int, torch.device, bool]:
     return rank, world, torch.device("cpu"), started
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast speeds ``device`` up: CUDA, or a CPU that oneDNN runs in bf16
+    (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower than float32."""
+    return device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _random_state() -> dict:
+    """Every random stream as tensors and plain data (loadable with ``weights_only=True``)."""
     # NumPy's global stream is part of the state: timm's Mixup draws its lambdas from it.
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()  # noqa: NPY002
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gauss),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -210,7 +224,16 @@ def _random_state() -> dict:
 
 def _set_random_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
+    numpy = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -257,14 +280,19 @@ def _schedule(optimizer, warmup_steps: int, total_steps: int):
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, amp: bool
+def validate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp: bool,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> EvalAccumulator:
     """Statistics of the model on this process's share of the test set, summed over processes."""
     model.eval()
     stats = EvalAccumulator(device=device)
     for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(images)
         stats.update(logits.float(), labels)
@@ -278,17 +306,57 @@ def evaluate(
 # ---------------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig) -> dict[str, float]:
-    """Train (or resume) as configured; returns the last evaluation's metrics."""
-    rank, world, device, started_here = _start_processes(config.device)
-    try:
-        return _train(config, rank, world, device)
-    finally:
-        if started_here:
-            dist.destroy_process_group()
+@dataclass
+class Session:
+    """What :func:`train_one_epoch` works with: the built pieces of one process's run."""
+
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: nn.Module
+    forward: nn.Module
+    """the model as trained: wrapped for DDP and compiled when asked"""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    mixup: object | None
+    train_sampler: ShardedSampler
+    train_loader: DataLoader
+    test_loader: DataLoader
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    amp: bool
+    memory_format: torch.memory_format
+    run: Run | None
+    """the run folder (process 0 only)"""
+    logger: MetricLogger | None
+    step: int = 0
+    metrics: dict[str, float] | None = None
+    """the last validation's metrics"""
+    steps_here: int = 0
+    """steps taken in this invocation (for max_steps)"""
+    started: float = 0.0
+    """perf_counter() when this invocation's training started"""
+
+    def save(self) -> None:
+        """Checkpoint (process 0 writes; every process contributes its random state)."""
+        states = _gather(_random_state(), self.world)
+        if self.rank == 0:
+            self.run.save_checkpoint(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "step": self.step,
+                    "random": states,
+                    "config": self.run.config,
+                }
+            )
 
 
-def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> dict[str, float]:
+def _build(config: TrainConfig, rank: int, world: int, device: torch.device) -> Session:
+    """Data, model, optimiser, schedule; the run folder opened (process 0) or refused."""
     if config.batch_size % world:
         raise ValueError(
             f"batch_size={config.batch_size} must be divisible by the number of processes ({world})"
@@ -298,14 +366,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
         raise ValueError(f"mixup/cutmix need an even per-process batch, got {local_batch}")
     if config.threads:
         torch.set_num_threads(config.threads)
-    amp = config.amp and device.type == "cuda"
-    out_dir = Path(config.out_dir)
-    checkpoint_path = out_dir / CHECKPOINT
-    if checkpoint_path.exists() and not config.resume:
-        raise FileExistsError(
-            f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
-            "choose another --out-dir"
-        )
+    run = _open_run(config, rank, world)
     set_seed(config.seed)
 
     data = build_datasets(
@@ -326,12 +387,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
         )
     test_size = min(config.eval_subset or len(data.test), len(data.test))
     test_sampler = ShardedSampler(
-        test_size,
-        batch_size=test_size,
-        rank=rank,
-        world_size=world,
-        shuffle=False,
-        drop_last=False,
+        test_size, batch_size=test_size, rank=rank, world_size=world, shuffle=False, drop_last=False
     )
     # Each loader draws a seed per pass from its own generator, not from the global stream that
     # dropout uses: otherwise a resumed run (one more pass started) would shift that stream.
@@ -367,11 +423,15 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
         floor=config.era_floor,
         drop_rate=config.drop_rate,
     ).to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     if config.sync_bn and world > 1:
         if device.type != "cuda":
             raise ValueError("sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU kernel)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    forward = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if config.compile:
+        forward = torch.compile(forward)
     optimizer = _optimizer(model, config)
     total_steps = config.epochs * steps_per_epoch
     scheduler = _schedule(optimizer, round(config.warmup_epochs * steps_per_epoch), total_steps)
@@ -385,114 +445,176 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device) -> 
             label_smoothing=config.label_smoothing,
             num_classes=data.num_classes,
         )
-    eval_every = config.eval_every or steps_per_epoch
+    return Session(
+        config=config,
+        rank=rank,
+        world=world,
+        device=device,
+        model=model,
+        forward=forward,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        mixup=mixup,
+        train_sampler=train_sampler,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        eval_every=config.eval_every or steps_per_epoch,
+        amp=config.amp and native_bfloat16(device),
+        memory_format=memory_format,
+        run=run,
+        logger=None,
+    )
 
-    step = 0
-    resumed = config.resume and checkpoint_path.exists()
-    if resumed:
-        state = load_checkpoint(checkpoint_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
-        if len(state["random"]) != world:
-            raise ValueError(
-                f"the checkpoint was written by {len(state['random'])} processes; "
-                f"resume it with the same number, not {world}"
-            )
-        _set_random_state(state["random"][rank])
-        if step >= total_steps and (out_dir / "final.json").exists():
-            final = json.loads((out_dir / "final.json").read_text())
-            return {k: v for k, v in final.items() if k != "step"}
 
-    def save() -> None:
-        states = _gather(_random_state(), world)
-        if rank == 0:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "random": states,
-                    "config": config,
-                },
-            )
-
-    logger = None
+def _open_run(config: TrainConfig, rank: int, world: int) -> Run | None:
+    """Process 0 opens the run folder (``era.runs.open_run``: new, or resumed with the same
+    configuration); a refusal stops every process with the same message."""
+    run, error = None, None
     if rank == 0:
-        write_run_metadata(out_dir, config)
-        logger = MetricLogger(out_dir, resume_step=step if resumed else None)
-    metrics: dict[str, float] = {}
-    loss_sum, loss_count, started, steps_here = 0.0, 0, time.perf_counter(), 0
-    quiet = rank != 0 or not config.progress
-    with graceful_interrupt() as interrupt, progress_bar(disable=quiet) as bar:
-        task = bar.add_task(f"train {config.model}", total=total_steps, completed=step, info="")
-        while step < total_steps:
-            train_sampler.set_epoch(*divmod(step, steps_per_epoch))
-            for images, labels in train_loader:
-                images, labels = images.to(device, non_blocking=True), labels.to(device)
-                target = labels
-                if mixup is not None:
-                    images, target = mixup(images, labels)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = ddp(images)
-                loss = classification_loss(
-                    logits,
-                    target,
-                    label_smoothing=0.0 if mixup is not None else config.label_smoothing,
-                    confidence_penalty=config.confidence_penalty,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                steps_here += 1
-                # One small all-reduce per step: the mean loss and any process's Ctrl-C, so that
-                # every process stops (or fails) at the same step.
-                shared = torch.tensor([loss.item(), float(interrupt.requested)], device=device)
-                if world > 1:
-                    dist.all_reduce(shared)
-                mean_loss, stop = shared[0].item() / world, shared[1].item() > 0
-                check_finite(step, loss=mean_loss)
-                loss_sum, loss_count = loss_sum + mean_loss, loss_count + 1
-                info = f"loss {mean_loss:.3f}" + (f" top1 {metrics['top1']:.3f}" if metrics else "")
-                bar.update(task, advance=1, info=info)
+        try:
+            run = open_run(config.out, config, resume=config.resume, may_change=MAY_CHANGE)
+        except RunError as e:
+            error = str(e)
+    errors = [e for e in _gather(error, world) if e]
+    if errors:
+        raise RunError(errors[0])
+    return run
 
-                if step % eval_every == 0 or step == total_steps:
-                    stats = evaluate(model, test_loader, device, amp)
-                    metrics = stats.compute()
-                    if rank == 0:
-                        row = {
-                            "epoch": step / steps_per_epoch,
-                            **metrics,
-                            "train_loss": loss_sum / loss_count,
-                            "lr": scheduler.get_last_lr()[0],
-                            "time_s": time.perf_counter() - started,
-                        }
-                        logger.row(step, row)
-                        (out_dir / "reliability.json").write_text(
-                            json.dumps({"step": step, **stats.reliability()}) + "\n"
+
+def _resume(session: Session) -> None:
+    """Restore weights, optimiser, schedule, random streams and step from the checkpoint."""
+    config, world = session.config, session.world
+    state = load_checkpoint(Path(config.out) / CHECKPOINT, map_location=session.device)
+    session.model.load_state_dict(state["model"])
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.scheduler.load_state_dict(state["scheduler"])
+    session.step = state["step"]
+    if len(state["random"]) != world:
+        raise RunError(
+            f"the checkpoint in {config.out} was written by {len(state['random'])} processes; "
+            f"resume it with the same number, not {world}"
+        )
+    _set_random_state(state["random"][session.rank])
+
+
+def train_one_epoch(session: Session, stop: StopFlag, bar, task) -> bool:
+    """Train from ``session.step`` to the end of its epoch, validating and checkpointing every
+    ``eval_every`` steps; returns True when the run must stop here (a stop signal on any
+    process, or ``max_steps`` reached in this invocation)."""
+    config, device, world = session.config, session.device, session.world
+    session.train_sampler.set_epoch(*divmod(session.step, session.steps_per_epoch))
+    loss_sum, loss_count = 0.0, 0
+    for images, labels in session.train_loader:
+        images = images.to(device, non_blocking=True, memory_format=session.memory_format)
+        labels = labels.to(device)
+        target = labels
+        if session.mixup is not None:
+            images, target = session.mixup(images, labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=session.amp):
+            logits = session.forward(images)
+        loss = classification_loss(
+            logits,
+            target,
+            label_smoothing=0.0 if session.mixup is not None else config.label_smoothing,
+            confidence_penalty=config.confidence_penalty,
+        )
+        session.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        session.optimizer.step()
+        session.scheduler.step()
+        session.step += 1
+        session.steps_here += 1
+        # One small all-reduce per step: the mean loss and any process's stop signal, so that
+        # every process stops (or fails) at the same step.
+        shared = torch.tensor([loss.item(), float(stop.requested)], device=device)
+        if world > 1:
+            dist.all_reduce(shared)
+        mean_loss, stopping = shared[0].item() / world, shared[1].item() > 0
+        check_finite(session.step, loss=mean_loss)
+        loss_sum, loss_count = loss_sum + mean_loss, loss_count + 1
+        metrics = session.metrics
+        info = f"loss {mean_loss:.3f}" + (f" top1 {metrics['top1']:.3f}" if metrics else "")
+        bar.update(task, advance=1, info=info)
+
+        step, lr = session.step, session.scheduler.get_last_lr()[0]
+        if step % session.eval_every == 0 or step == session.total_steps:
+            stats = validate(
+                session.model, session.test_loader, device, session.amp, session.memory_format
+            )
+            session.metrics = stats.compute()
+            if session.logger:
+                row = {
+                    "epoch": step / session.steps_per_epoch,
+                    **session.metrics,
+                    "train_loss": loss_sum / loss_count,
+                    "lr": lr,
+                    "time_s": time.perf_counter() - session.started,
+                }
+                session.logger.row(step, row)
+                (Path(config.out) / "reliability.json").write_text(
+                    json.dumps({"step": step, **stats.reliability()}) + "\n"
+                )
+            loss_sum, loss_count = 0.0, 0
+            session.save()
+        elif session.logger and step % 50 == 0:
+            session.logger.scalars(step, {"train/loss": mean_loss, "train/lr": lr})
+        if stopping or (config.max_steps and session.steps_here >= config.max_steps):
+            if step % session.eval_every:
+                session.save()
+            return True
+        if step == session.total_steps:
+            break
+    return False
+
+
+def train(config: TrainConfig) -> dict[str, float]:
+    """Train (or resume) as configured; returns the last validation's metrics.
+
+    A run stopped by Ctrl-C or SIGTERM saves a checkpoint and raises ``era.runs.Interrupted``
+    (``era`` exits 130 / 143); one stopped by ``max_steps`` returns.
+    """
+    rank, world, device, started_here = _start_processes(config.device)
+    try:
+        return _main(config, rank, world, device)
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+
+
+def _main(config: TrainConfig, rank: int, world: int, device: torch.device) -> dict[str, float]:
+    session = _build(config, rank, world, device)
+    final_path = Path(config.out) / "final.json"
+    if config.resume:
+        _resume(session)
+        if session.step >= session.total_steps and final_path.exists():
+            final = json.loads(final_path.read_text())
+            return {k: v for k, v in final.items() if k != "step"}
+    if rank == 0:
+        session.logger = MetricLogger(
+            Path(config.out), resume_step=session.step if config.resume else None
+        )
+    session.started = time.perf_counter()
+    quiet = rank != 0 or not config.progress
+    try:
+        with stop_signals() as stop, progress_bar(disable=quiet) as bar:
+            task = bar.add_task(
+                f"train {config.model}", total=session.total_steps, completed=session.step, info=""
+            )
+            while session.step < session.total_steps:
+                if train_one_epoch(session, stop, bar, task):
+                    if rank == 0 and not stop.requested:
+                        print(
+                            f"stopped at step {session.step}/{session.total_steps}; "
+                            "continue with --resume"
                         )
-                    loss_sum, loss_count = 0.0, 0
-                    save()
-                elif rank == 0 and step % 50 == 0:
-                    logger.scalars(
-                        step, {"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}
-                    )
-                if stop or (config.max_steps and steps_here >= config.max_steps):
-                    if step % eval_every:
-                        save()
-                    if rank == 0:
-                        print(f"stopped at step {step}/{total_steps}; continue with --resume")
-                    if logger:
-                        logger.close()
-                    return metrics
-                if step == total_steps:
-                    break
-    if logger:
-        logger.close()
-        (out_dir / "final.json").write_text(json.dumps({"step": step, **metrics}, indent=2) + "\n")
-    return metrics
+                    return session.metrics or {}
+    finally:
+        if session.logger:
+            session.logger.close()
+    if rank == 0:
+        final_path.write_text(
+            json.dumps({"step": session.step, **session.metrics}, indent=2) + "\n"
+        )
+    return session.metrics
