@@ -145,11 +145,14 @@ class QEnsemble(nn.Module):
         super().__init__()
         self.num_q, self.dropout = num_q, dropout
         self.hidden = nn.ModuleList(
-            [EnsembleLinear(num_q, n_in, hidden), EnsembleLinear(num_q, hidden, hidden)]
+            [EnsembleLinear((num_q,), n_in, hidden), EnsembleLinear((num_q,), hidden, hidden)]
         )
         self.norm_weight = nn.Parameter(torch.ones(2, num_q, 1, hidden))
         self.norm_bias = nn.Parameter(torch.zeros(2, num_q, 1, hidden))
-        self.out = EnsembleLinear(num_q, hidden, n_out)
+        self.out = EnsembleLinear((num_q,), hidden, n_out)
+        for layer in (*self.hidden, self.out):  # like nn.Linear, from torch's global generator
+            for member in range(num_q):
+                layer.init_member(member, torch.default_generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[:-1]
