@@ -185,11 +185,14 @@ def test_sample_mean_and_variance_match_the_moments():
 
 
 def test_mode_is_the_clamped_location_and_support():
-    d = TruncatedNormal(torch.tensor([-3.0, 0.2, 7.0]), torch.tensor(1.0), low=-0.5, high=2.0)
+    # validate_args explicit: importing TorchRL turns torch's default validation off process-wide
+    d = TruncatedNormal(
+        torch.tensor([-3.0, 0.2, 7.0]), torch.tensor(1.0), low=-0.5, high=2.0, validate_args=True
+    )
     assert torch.equal(d.mode, torch.tensor([-0.5, 0.2, 2.0]))
     assert d.support.check(torch.tensor([-0.5, 0.0, 2.0])).all()
     assert d.support.check(torch.tensor([-0.6, 0.0, 2.1])).tolist() == [False, True, False]
-    with pytest.raises(ValueError, match="support"):  # torch's default argument validation
+    with pytest.raises(ValueError, match="support"):
         d.log_prob(torch.tensor(2.5))
     unchecked = TruncatedNormal(d.loc, d.scale, low=-0.5, high=2.0, validate_args=False)
     assert unchecked.log_prob(torch.tensor(2.5)).isneginf().all()
