@@ -43,7 +43,7 @@ from torch.distributions import Independent
 from era.gaussian import GaussianERA, TanhNormal
 from era.rl import off_policy
 from era.rl.config import TrainConfig, default_target_entropy
-from era.rl.networks import EnsembleLinear, per_state_entropy
+from era.rl.networks import EnsembleLinear, policy_entropy_stats
 from era.rl.ppo import RunningMeanStd
 from era.rl.vec_env import ReplayableEnvs
 from era.runs import set_seed
@@ -281,17 +281,7 @@ class FastSACAgent(nn.Module):
     @torch.no_grad()
     def entropy_stats(self, obs: torch.Tensor) -> dict[str, float]:
         """Per-state entropy of the policy on ``obs`` (min/mean/max) and the unreachable count."""
-        dist = self.actor(self.normalise(obs))
-        with torch.random.fork_rng(devices=[]):  # a sampled estimate must not shift training
-            entropy = per_state_entropy(dist)
-        unreachable = getattr(dist, "unreachable", None)
-        stats = {
-            "entropy": entropy.mean().item(),
-            "entropy_min": entropy.min().item(),
-            "entropy_max": entropy.max().item(),
-            "target_entropy": self.target_entropy,
-            "unreachable": int(unreachable.sum()) if unreachable is not None else 0,
-        }
+        stats = policy_entropy_stats(self.actor(self.normalise(obs)), self.target_entropy)
         if self.head == "alpha":
             stats["alpha"] = self.alpha.item()
         return stats

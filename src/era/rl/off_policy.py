@@ -22,7 +22,16 @@ import torch
 from era.rl.buffer import ReplayBuffer
 from era.rl.config import TrainConfig
 from era.rl.envs import make_env
-from era.rl.loop import Reporter, evaluate, rng_state, set_rng_state, start_run, write_summary
+from era.rl.loop import (
+    Reporter,
+    evaluate,
+    loop_checkpoint,
+    restore_loop,
+    rng_state,
+    set_rng_state,
+    start_run,
+    write_summary,
+)
 from era.rl.vec_env import ReplayableEnvs
 from era.runs import check_finite, read_metrics, stop_signals
 
@@ -109,9 +118,7 @@ def train(
     eval_env = make_env(config.env, config.seed + 10_000)
     step, elapsed, row_step = 0, 0.0, None
     if checkpoint is not None:
-        agent.load_checkpoint_state(checkpoint["agent"])
-        buffer.load_state_dict(checkpoint["buffer"])
-        envs.load_state_dict(checkpoint["envs"])
+        restore_loop(checkpoint, agent, buffer, envs)
         set_rng_state(checkpoint["rng"])
         if checkpoint.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
@@ -127,19 +134,13 @@ def train(
 
     def save():
         run.save_checkpoint(
-            {
-                "step": step,
-                "config": run.config,
-                "agent": agent.checkpoint_state(),
-                "buffer": buffer.state_dict(),
-                "envs": envs.state_dict(),
-                "rng": rng_state(),
+            loop_checkpoint(
+                run, step, row_step, elapsed + time.perf_counter() - t0, agent, buffer, envs,
+                rng=rng_state(),
                 # on a GPU, policy samples come from the CUDA generator
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "elapsed": elapsed + time.perf_counter() - t0,
-                "row_step": row_step,
-            },
-        )
+                cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            )
+        )  # fmt: skip
 
     def log_evaluation() -> None:
         nonlocal row_step
