@@ -31,7 +31,6 @@ Heads, as in ``era.rl.sac``:
 from __future__ import annotations
 
 import copy
-import dataclasses
 from contextlib import nullcontext
 
 import numpy as np
@@ -307,13 +306,8 @@ class FastSACAgent(nn.Module):
 
 
 def build(config: TrainConfig) -> tuple[ReplayableEnvs, FastSACAgent]:
-    """Environments and agent (on ``--device``); raises ``ValueError`` for an unknown env, an
-    infeasible target or a missing GPU."""
-    device = off_policy.resolve_device(config.device)
-    envs = ReplayableEnvs(config.env, config.seed, num_envs=config.fastsac.num_envs)
-    obs_dim = envs.observation_space.shape[0]
-    act_dim = envs.action_space.shape[0]
-    return envs, FastSACAgent(config, obs_dim, act_dim).to(device)
+    """Environments and agent (see :func:`off_policy.build_agent`)."""
+    return off_policy.build_agent(config, FastSACAgent, num_envs=config.fastsac.num_envs)
 
 
 def train(config: TrainConfig):
@@ -333,7 +327,4 @@ def train(config: TrainConfig):
 
 def load_policy(config: TrainConfig, checkpoint: dict):
     """The deterministic policy ``obs -> action`` of a checkpoint (for ``era rl eval``)."""
-    envs, agent = build(dataclasses.replace(config, device="cpu"))
-    envs.close()
-    agent.load_checkpoint_state(checkpoint["agent"])
-    return lambda obs: agent.act(torch.as_tensor(obs, dtype=torch.float32)[None], True)[0].numpy()
+    return off_policy.checkpoint_policy(build, config, checkpoint)

@@ -36,7 +36,6 @@ entropy term anywhere; ``log pi(a_D|s)`` is the truncated normal's log-density) 
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import numpy as np
 import torch
@@ -241,13 +240,8 @@ class OBACAgent(nn.Module):
 
 
 def build(config: TrainConfig) -> tuple[ReplayableEnvs, OBACAgent]:
-    """Environment and agent (on ``--device``); raises ``ValueError`` for an unknown env, an
-    infeasible target or a missing GPU."""
-    device = off_policy.resolve_device(config.device)
-    envs = ReplayableEnvs(config.env, config.seed, num_envs=1)
-    obs_dim = envs.observation_space.shape[0]
-    act_dim = envs.action_space.shape[0]
-    return envs, OBACAgent(config, obs_dim, act_dim).to(device)
+    """Environment and agent (see :func:`off_policy.build_agent`)."""
+    return off_policy.build_agent(config, OBACAgent, num_envs=1)
 
 
 def train(config: TrainConfig):
@@ -267,7 +261,4 @@ def train(config: TrainConfig):
 
 def load_policy(config: TrainConfig, checkpoint: dict):
     """The deterministic policy ``obs -> action`` of a checkpoint (for ``era rl eval``)."""
-    envs, agent = build(dataclasses.replace(config, device="cpu"))
-    envs.close()
-    agent.load_checkpoint_state(checkpoint["agent"])
-    return lambda obs: agent.act(torch.as_tensor(obs, dtype=torch.float32)[None], True)[0].numpy()
+    return off_policy.checkpoint_policy(build, config, checkpoint)

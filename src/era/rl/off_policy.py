@@ -12,6 +12,7 @@ multiple of ``--eval-every`` / ``--checkpoint-every`` (exactly at it when N divi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -68,6 +69,25 @@ class OffPolicyAgent(Protocol):
     def checkpoint_state(self) -> dict: ...
 
     def load_checkpoint_state(self, state: dict) -> None: ...
+
+
+def build_agent(config: TrainConfig, agent_class, num_envs: int):
+    """``num_envs`` environments and ``agent_class(config, obs_dim, act_dim)`` on ``--device``;
+    raises ``ValueError`` for an unknown env, an infeasible target or a missing GPU."""
+    device = resolve_device(config.device)
+    envs = ReplayableEnvs(config.env, config.seed, num_envs=num_envs)
+    obs_dim = envs.observation_space.shape[0]
+    act_dim = envs.action_space.shape[0]
+    return envs, agent_class(config, obs_dim, act_dim).to(device)
+
+
+def checkpoint_policy(build, config: TrainConfig, checkpoint: dict):
+    """The deterministic policy ``obs -> action`` of a checkpoint (for ``era rl eval``), on the
+    CPU; ``build`` is the agent module's."""
+    envs, agent = build(dataclasses.replace(config, device="cpu"))
+    envs.close()
+    agent.load_checkpoint_state(checkpoint["agent"])
+    return lambda obs: agent.act(torch.as_tensor(obs, dtype=torch.float32)[None], True)[0].numpy()
 
 
 @dataclass
