@@ -7,14 +7,12 @@ import dataclasses
 
 import pytest
 import torch
-from rl_helpers import assert_same_modules, interrupt_after, rows
+from rl_helpers import assert_same_modules, rows, train_unsplit_and_resumed
 
 from era.cli import main as era
 from era.rl import TrainConfig, off_policy, train
 from era.rl.config import FastSACConfig
 from era.rl.fastsac import FastSACAgent, project
-from era.rl.train import CHECKPOINT
-from era.runs import load_checkpoint
 
 OBS, ACT = 11, 3  # Hopper
 
@@ -90,17 +88,8 @@ def test_one_update_per_head_changes_every_network(tmp_path, head, clipped_doubl
 
 def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(tmp_path, monkeypatch):
     whole = tiny(tmp_path, out=tmp_path / "whole")
-    train(whole)
-
-    split = dataclasses.replace(whole, out=tmp_path / "split")
-    interrupt_after(monkeypatch, off_policy, 25)  # 100 steps: mid-episode, after learning started
-    train(split)
-    assert load_checkpoint(split.out / CHECKPOINT)["step"] == 100
-    monkeypatch.undo()
-    train(dataclasses.replace(split, resume=True))
-
-    a = load_checkpoint(whole.out / CHECKPOINT)
-    b = load_checkpoint(split.out / CHECKPOINT)
+    # 25 vector steps = 100 steps: mid-episode, after learning started
+    _, a, b = train_unsplit_and_resumed(whole, monkeypatch, off_policy, 25, stopped_at=100)
     assert a["step"] == b["step"] == 160
     assert a["agent"]["updates"] == b["agent"]["updates"] > 0
     assert_same_modules(a, b)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from rl_helpers import assert_same_modules, interrupt_after, rows
+from rl_helpers import assert_same_modules, interrupt_after, rows, train_unsplit_and_resumed
 
 from era.rl import SACConfig, TrainConfig, train
 from era.rl import sac as sac_module
@@ -68,17 +68,8 @@ def test_smoke_run_writes_documented_outputs(tmp_path, env, head, era_mode):
 @pytest.mark.parametrize("head", ["era", "alpha"])
 def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch, head):
     whole = tiny(tmp_path, head=head, total_steps=300, eval_every=150, out=tmp_path / "whole")
-    train(whole)
-
-    split = dataclasses.replace(whole, out=tmp_path / "split")
-    interrupt_after(monkeypatch, sac_module, 170)  # stops mid-episode, after learning started
-    train(split)
-    assert load_checkpoint(split.out / CHECKPOINT)["step"] == 170
-    monkeypatch.undo()
-    train(dataclasses.replace(split, resume=True))
-
-    a = load_checkpoint(whole.out / CHECKPOINT)
-    b = load_checkpoint(split.out / CHECKPOINT)
+    # stops mid-episode, after learning started
+    split, a, b = train_unsplit_and_resumed(whole, monkeypatch, sac_module, 170, stopped_at=170)
     assert a["step"] == b["step"] == 300
     assert_same_modules(a, b)
     torch.testing.assert_close(b["buffer"]["obs"], a["buffer"]["obs"])
