@@ -26,19 +26,15 @@ What was run for docs/benchmarks/rl.md is in that file.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import tyro
+from _rl_common import args_json, copy_metrics, is_finished, mean_std, seed_summary, write_results
 
 from era.rl.config import FastSACConfig, OBACConfig, TrainConfig
-from era.runs import read_metrics
 
 NAMES = {("fastsac", "era"): "FastSAC-ERA", ("fastsac", "alpha"): "FastSAC",
          ("obac", "era"): "OBAC-ERA", ("obac", "alpha"): "OBAC"}  # fmt: skip
@@ -102,11 +98,6 @@ def csv_copy(args: Args, agent: str, head: str, seed: int) -> Path:
     return args.results / NAMES[agent, head] / f"seed{seed}" / "metrics.csv"
 
 
-def is_finished(out: Path, total_steps: int) -> bool:
-    summary = out / "summary.json"
-    return summary.exists() and json.loads(summary.read_text())["step"] >= total_steps
-
-
 def train_config(args: Args, agent: str, head: str, seed: int) -> TrainConfig:
     out = run_dir(args, agent, head, seed)
     return TrainConfig(
@@ -152,39 +143,19 @@ def train_all(args: Args) -> None:
                 start = time.perf_counter()
                 train(config)
                 print(f"trained {config.out} in {time.perf_counter() - start:.0f} s", flush=True)
-            target = csv_copy(args, agent, head, seed)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(config.out / "metrics.csv", target)
+            copy_metrics(config.out / "metrics.csv", csv_copy(args, agent, head, seed))
 
 
 def aggregate(args: Args) -> dict:
     """Per agent and head, over the seeds whose runs reached ``total_steps``."""
     table = {}
     for agent, head in configs(args):
-        finals, curves, floors, sps = [], [], [], []
-        for seed in args.seeds:
-            path = csv_copy(args, agent, head, seed)
-            metrics = read_metrics(path) if path.exists() else {}
-            if metrics and metrics["step"][-1] >= args.total_steps:
-                finals.append(float(metrics["return_mean"][-1]))
-                curves.append(float(metrics["return_mean"].mean()))
-                floors.append(float(metrics["entropy_min"].min()))
-                sps.append(float(metrics["step"][-1] / metrics["time_s"][-1]))
-        if finals:
-            table[NAMES[agent, head]] = {
-                "final_return_mean": statistics.mean(finals),
-                "final_return_std": statistics.pstdev(finals),
-                "final_returns": finals,
-                "curve_return_mean": statistics.mean(curves),
-                "curve_return_std": statistics.pstdev(curves),
-                "lowest_state_entropy": min(floors),
-                "seeds": len(finals),
-                "steps_per_s": statistics.mean(sps),
-            }
-    result = {"args": json.loads(json.dumps(dataclasses.asdict(args), default=str)), "runs": table}
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results / "table.md").write_text(markdown(result) + "\n")
+        csvs = [csv_copy(args, agent, head, seed) for seed in args.seeds]
+        row = seed_summary(csvs, args.total_steps, entropy_key="lowest_state_entropy")
+        if row is not None:
+            table[NAMES[agent, head]] = row
+    result = {"args": args_json(args), "runs": table}
+    write_results(args.results, result, markdown(result))
     plot(args)
     return result
 
@@ -198,8 +169,7 @@ def markdown(result: dict) -> str:
     for name, row in result["runs"].items():
         lines.append(
             f"| {name} | {row['seeds']} "
-            f"| {row['final_return_mean']:.1f} ± {row['final_return_std']:.1f} "
-            f"| {row['curve_return_mean']:.1f} ± {row['curve_return_std']:.1f} "
+            f"| {mean_std(row, 'final')} | {mean_std(row, 'curve')} "
             f"| {row['lowest_state_entropy']:.3f} | {row['steps_per_s']:.0f} |"
         )
     return "\n".join(lines)

@@ -37,19 +37,15 @@ What was run for docs/benchmarks/rl.md is in that file.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tyro
+from _rl_common import args_json, copy_metrics, is_finished, mean_std, seed_summary, write_results
 
 from era.rl.config import SACConfig, TrainConfig
-from era.runs import read_metrics
 
 # name: (algorithm, head, ERA mode)
 HEADS = {
@@ -100,11 +96,6 @@ def csv_copy(args: Args, task: str, head: str, seed: int) -> Path:
     return args.results / task.replace("/", "_") / head / f"seed{seed}" / "metrics.csv"
 
 
-def is_finished(out: Path, total_steps: int) -> bool:
-    summary = out / "summary.json"
-    return summary.exists() and json.loads(summary.read_text())["step"] >= total_steps
-
-
 def train_all(args: Args) -> None:
     from era.rl.train import train
 
@@ -139,9 +130,7 @@ def train_all(args: Args) -> None:
                 train(config)
                 print(f"trained {out} in {time.perf_counter() - start:.0f} s", flush=True)
             for seed, d in zip(args.seeds, seed_dirs, strict=True):
-                target = csv_copy(args, task, head, seed)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(d / "metrics.csv", target)
+                copy_metrics(d / "metrics.csv", csv_copy(args, task, head, seed))
 
 
 def aggregate(args: Args) -> dict:
@@ -150,37 +139,21 @@ def aggregate(args: Args) -> dict:
     for task in args.tasks:
         row = {}
         for head in args.heads:
-            finals, curves, sps = [], [], []
-            for seed in args.seeds:
-                path = csv_copy(args, task, head, seed)
-                metrics = read_metrics(path) if path.exists() else {}
-                if metrics and metrics["step"][-1] >= args.total_steps:
-                    finals.append(float(metrics["return_mean"][-1]))
-                    curves.append(float(metrics["return_mean"].mean()))
-                    sps.append(float(metrics["step"][-1] / metrics["time_s"][-1]))
-            if finals:
-                row[head] = {
-                    "final_return_mean": statistics.mean(finals),
-                    "final_return_std": statistics.pstdev(finals),
-                    "final_returns": finals,
-                    "curve_return_mean": statistics.mean(curves),
-                    "curve_return_std": statistics.pstdev(curves),
-                    "seeds": len(finals),
-                    "steps_per_s": statistics.mean(sps),
-                }
+            csvs = [csv_copy(args, task, head, seed) for seed in args.seeds]
+            summary = seed_summary(csvs, args.total_steps)
+            if summary is not None:
+                row[head] = summary
         if len(row) == len(args.heads):  # ratios of mean returns, meaningful where both are > 0
             for key in ("final", "curve"):
                 era, sac = (row[h][f"{key}_return_mean"] for h in args.heads[:2])
                 row[f"{key}_ratio_era_over_sac"] = era / sac if era > 0 and sac > 0 else None
         table[task] = row
     result = {
-        "args": json.loads(json.dumps(dataclasses.asdict(args), default=str)),
+        "args": args_json(args),
         "tasks": table,
         "aggregate": rliable_aggregate(args, table),
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results / "table.md").write_text(markdown(result) + "\n")
+    write_results(args.results, result, markdown(result))
     plot(args)
     return result
 
@@ -203,11 +176,9 @@ def markdown(result: dict) -> str:
         era, sac = row[first], row[second]
         lines.append(
             f"| {task} | {era['seeds']}, {sac['seeds']} "
-            f"| {era['final_return_mean']:.1f} ± {era['final_return_std']:.1f} "
-            f"| {sac['final_return_mean']:.1f} ± {sac['final_return_std']:.1f} "
+            f"| {mean_std(era, 'final')} | {mean_std(sac, 'final')} "
             f"| {ratio(row['final_ratio_era_over_sac'])} "
-            f"| {era['curve_return_mean']:.1f} ± {era['curve_return_std']:.1f} "
-            f"| {sac['curve_return_mean']:.1f} ± {sac['curve_return_std']:.1f} "
+            f"| {mean_std(era, 'curve')} | {mean_std(sac, 'curve')} "
             f"| {ratio(row['curve_ratio_era_over_sac'])} "
             f"| {era['steps_per_s']:.0f}, {sac['steps_per_s']:.0f} |"
         )

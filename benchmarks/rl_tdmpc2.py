@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import tyro
+from _rl_common import args_json, copy_metrics, is_finished, mean_std, seed_summary, write_results
 
 from era.rl.config import TDMPC2Config, TrainConfig
-from era.runs import read_metrics, run_in_parallel
+from era.runs import run_in_parallel
 
 HEADS = {"TD-MPC2-ERA": "era", "TD-MPC2": "alpha"}
 
@@ -87,11 +86,6 @@ def csv_copy(args: Args, head: str, seed: int) -> Path:
     return args.results / task_name(args) / head / f"seed{seed}" / "metrics.csv"
 
 
-def is_finished(out: Path, total_steps: int) -> bool:
-    summary = out / "summary.json"
-    return summary.exists() and json.loads(summary.read_text())["step"] >= total_steps
-
-
 def config_for(args: Args, head: str, seed: int) -> TrainConfig:
     out = run_dir(args, head, seed)
     return TrainConfig(
@@ -141,44 +135,20 @@ def train_all(args: Args) -> None:
         for head in HEADS:
             source = run_dir(args, head, seed) / "metrics.csv"
             if source.exists():
-                target = csv_copy(args, head, seed)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
+                copy_metrics(source, csv_copy(args, head, seed))
 
 
 def aggregate(args: Args) -> dict:
     """Per head, over the seeds whose runs reached ``total_steps``."""
     table = {}
     for head in HEADS:
-        finals, curves, sps, entropy_min = [], [], [], []
-        for seed in args.seeds:
-            path = csv_copy(args, head, seed)
-            metrics = read_metrics(path) if path.exists() else {}
-            if metrics and metrics["step"][-1] >= args.total_steps:
-                finals.append(float(metrics["return_mean"][-1]))
-                curves.append(float(metrics["return_mean"].mean()))
-                sps.append(float(metrics["step"][-1] / metrics["time_s"][-1]))
-                entropy_min.append(float(metrics["entropy_min"].min()))
-        if finals:
-            table[head] = {
-                "final_return_mean": statistics.mean(finals),
-                "final_return_std": statistics.pstdev(finals),
-                "final_returns": finals,
-                "curve_return_mean": statistics.mean(curves),
-                "curve_return_std": statistics.pstdev(curves),
-                "lowest_prior_entropy": min(entropy_min),
-                "seeds": len(finals),
-                "steps_per_s": statistics.mean(sps),
-            }
+        csvs = [csv_copy(args, head, seed) for seed in args.seeds]
+        row = seed_summary(csvs, args.total_steps, entropy_key="lowest_prior_entropy")
+        if row is not None:
+            table[head] = row
     settings = dataclasses.asdict(config_for(args, "TD-MPC2-ERA", args.seeds[0]).tdmpc2)
-    result = {
-        "args": json.loads(json.dumps(dataclasses.asdict(args), default=str)),
-        "tdmpc2": settings,
-        "heads": table,
-    }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results / "table.md").write_text(markdown(result) + "\n")
+    result = {"args": args_json(args), "tdmpc2": settings, "heads": table}
+    write_results(args.results, result, markdown(result))
     plot(args)
     return result
 
@@ -193,8 +163,7 @@ def markdown(result: dict) -> str:
     for head, row in result["heads"].items():
         lines.append(
             f"| {task} | {steps} | {head} | {row['seeds']} "
-            f"| {row['final_return_mean']:.1f} ± {row['final_return_std']:.1f} "
-            f"| {row['curve_return_mean']:.1f} ± {row['curve_return_std']:.1f} "
+            f"| {mean_std(row, 'final')} | {mean_std(row, 'curve')} "
             f"| {row['lowest_prior_entropy']:.3f} | {row['steps_per_s']:.2f} |"
         )
     return "\n".join(lines)

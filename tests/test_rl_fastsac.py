@@ -3,19 +3,16 @@ resume, the command line and its errors."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-from contextlib import nullcontext
 
 import pytest
 import torch
+from rl_helpers import assert_same_modules, rows, train_unsplit_and_resumed
 
 from era.cli import main as era
 from era.rl import TrainConfig, off_policy, train
 from era.rl.config import FastSACConfig
 from era.rl.fastsac import FastSACAgent, project
-from era.rl.train import CHECKPOINT
-from era.runs import load_checkpoint
 
 OBS, ACT = 11, 3  # Hopper
 
@@ -89,41 +86,15 @@ def test_one_update_per_head_changes_every_network(tmp_path, head, clipped_doubl
     assert action.shape == (32, ACT) and action.abs().max() <= 1
 
 
-def interrupt_after(monkeypatch, checks: int) -> None:
-    """Stand in for Ctrl-C: the stop request turns True after ``checks`` loop iterations."""
-
-    class StopAfter:
-        n = checks
-
-        @property
-        def requested(self) -> bool:
-            self.n -= 1
-            return self.n < 0
-
-    monkeypatch.setattr(off_policy, "stop_signals", lambda: nullcontext(StopAfter()))
-
-
 def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(tmp_path, monkeypatch):
     whole = tiny(tmp_path, out=tmp_path / "whole")
-    train(whole)
-
-    split = dataclasses.replace(whole, out=tmp_path / "split")
-    interrupt_after(monkeypatch, 25)  # 100 steps: mid-episode, after learning started
-    train(split)
-    assert load_checkpoint(split.out / CHECKPOINT)["step"] == 100
-    monkeypatch.undo()
-    train(dataclasses.replace(split, resume=True))
-
-    a = load_checkpoint(whole.out / CHECKPOINT)
-    b = load_checkpoint(split.out / CHECKPOINT)
+    # 25 vector steps = 100 steps: mid-episode, after learning started
+    _, a, b = train_unsplit_and_resumed(whole, monkeypatch, off_policy, 25, stopped_at=100)
     assert a["step"] == b["step"] == 160
     assert a["agent"]["updates"] == b["agent"]["updates"] > 0
-    for name, value in a["agent"]["modules"].items():
-        torch.testing.assert_close(b["agent"]["modules"][name], value, msg=name)
+    assert_same_modules(a, b)
     torch.testing.assert_close(b["buffer"]["obs"], a["buffer"]["obs"])
-    with (whole.out / "metrics.csv").open() as f:
-        table = list(csv.DictReader(f))
-    assert [r["step"] for r in table] == ["80", "160"]
+    assert [r["step"] for r in rows(whole.out)] == ["80", "160"]
 
     # The trained ERA policy's entropy equals the target in every replay state, in float64
     # (tolerance: the float64 solver's, as in tests/test_gaussian.py).
@@ -143,8 +114,7 @@ def test_command_line_trains_plots_and_evaluates(tmp_path, capsys):
          "--out", str(out), "--fastsac.num-envs", "4", "--fastsac.actor-hidden", "8",
          "--fastsac.critic-hidden", "8", "--fastsac.batch-size", "8",
          "--fastsac.learning-starts", "16", "--fastsac.num-atoms", "5"])  # fmt: skip
-    with (out / "metrics.csv").open() as f:
-        table = list(csv.DictReader(f))
+    table = rows(out)
     assert [r["step"] for r in table] == ["32", "64"]
     assert float(table[-1]["target_entropy"]) == 0.0  # FastSAC's own default
     assert "alpha" in table[-1]

@@ -3,12 +3,10 @@ floor on replay states, exact resume and errors."""
 
 from __future__ import annotations
 
-import dataclasses
-from contextlib import nullcontext
-
 import numpy as np
 import pytest
 import torch
+from rl_helpers import assert_same_modules, train_unsplit_and_resumed
 
 from era.rl import TrainConfig, off_policy, train
 from era.rl.config import OBACConfig
@@ -140,33 +138,12 @@ def test_behaviour_cloning_acts_only_where_the_offline_value_is_higher(tmp_path,
     assert log_likelihood().item() > start
 
 
-def interrupt_after(monkeypatch, checks: int) -> None:
-    class StopAfter:
-        n = checks
-
-        @property
-        def requested(self) -> bool:
-            self.n -= 1
-            return self.n < 0
-
-    monkeypatch.setattr(off_policy, "stop_signals", lambda: nullcontext(StopAfter()))
-
-
 def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(tmp_path, monkeypatch):
     whole = tiny(tmp_path, out=tmp_path / "whole")
-    train(whole)
-    split = dataclasses.replace(whole, out=tmp_path / "split")
-    interrupt_after(monkeypatch, 70)  # mid-episode, after learning started
-    train(split)
-    assert load_checkpoint(split.out / CHECKPOINT)["step"] == 70
-    monkeypatch.undo()
-    train(dataclasses.replace(split, resume=True))
-
-    a = load_checkpoint(whole.out / CHECKPOINT)
-    b = load_checkpoint(split.out / CHECKPOINT)
+    # stops mid-episode, after learning started
+    _, a, b = train_unsplit_and_resumed(whole, monkeypatch, off_policy, 70, stopped_at=70)
     assert a["step"] == b["step"] == 120
-    for name, value in a["agent"]["modules"].items():
-        torch.testing.assert_close(b["agent"]["modules"][name], value, msg=name)
+    assert_same_modules(a, b)
     for name in ("offline_opt", "actor_opt"):
         for key, value in a["agent"][name]["state"][0].items():
             torch.testing.assert_close(b["agent"][name]["state"][0][key], value)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
+from rl_helpers import interrupt_after, rows
 
 from era.rl import PPOConfig, TrainConfig, train
 from era.rl import ppo as ppo_module
@@ -24,11 +23,6 @@ def tiny(tmp_path, **overrides) -> TrainConfig:
     )  # fmt: skip
     values.update(overrides)
     return TrainConfig(**values)
-
-
-def rows(run_dir):
-    with (run_dir / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.parametrize("head", ["era", "std"])
@@ -52,21 +46,11 @@ def test_smoke_run_writes_documented_outputs(tmp_path, env, head):
         assert "target_entropy" not in table[0]
 
 
-class StopAfter:
-    def __init__(self, n: int):
-        self.n = n
-
-    @property
-    def requested(self) -> bool:
-        self.n -= 1
-        return self.n < 0
-
-
 def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch):
     whole = tiny(tmp_path, out=tmp_path / "whole", total_steps=384)
     train(whole)
     split = dataclasses.replace(whole, out=tmp_path / "split")
-    monkeypatch.setattr(ppo_module, "stop_signals", lambda: nullcontext(StopAfter(2)))
+    interrupt_after(monkeypatch, ppo_module, 2)
     train(split)
     assert load_checkpoint(split.out / CHECKPOINT)["step"] == 256  # after two rollouts
     monkeypatch.undo()

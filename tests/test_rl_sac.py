@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
+from rl_helpers import assert_same_modules, interrupt_after, rows, train_unsplit_and_resumed
 
 from era.rl import SACConfig, TrainConfig, train
 from era.rl import sac as sac_module
@@ -33,11 +33,6 @@ def tiny(tmp_path, **overrides) -> TrainConfig:
     )  # fmt: skip
     values.update(overrides)
     return TrainConfig(**values)
-
-
-def rows(run_dir):
-    with (run_dir / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.parametrize(
@@ -70,41 +65,13 @@ def test_smoke_run_writes_documented_outputs(tmp_path, env, head, era_mode):
             assert float(r["entropy_max"]) == pytest.approx(target, abs=1e-3)
 
 
-class StopAfter:
-    """Stands in for Ctrl-C: ``requested`` turns True after ``n`` checks (one per env step)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    @property
-    def requested(self) -> bool:
-        self.n -= 1
-        return self.n < 0
-
-
-def interrupt_after(monkeypatch, module, steps: int) -> None:
-    from contextlib import nullcontext
-
-    monkeypatch.setattr(module, "stop_signals", lambda: nullcontext(StopAfter(steps)))
-
-
 @pytest.mark.parametrize("head", ["era", "alpha"])
 def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch, head):
     whole = tiny(tmp_path, head=head, total_steps=300, eval_every=150, out=tmp_path / "whole")
-    train(whole)
-
-    split = dataclasses.replace(whole, out=tmp_path / "split")
-    interrupt_after(monkeypatch, sac_module, 170)  # stops mid-episode, after learning started
-    train(split)
-    assert load_checkpoint(split.out / CHECKPOINT)["step"] == 170
-    monkeypatch.undo()
-    train(dataclasses.replace(split, resume=True))
-
-    a = load_checkpoint(whole.out / CHECKPOINT)
-    b = load_checkpoint(split.out / CHECKPOINT)
+    # stops mid-episode, after learning started
+    split, a, b = train_unsplit_and_resumed(whole, monkeypatch, sac_module, 170, stopped_at=170)
     assert a["step"] == b["step"] == 300
-    for name, value in a["agent"]["modules"].items():
-        torch.testing.assert_close(b["agent"]["modules"][name], value, msg=name)
+    assert_same_modules(a, b)
     torch.testing.assert_close(b["buffer"]["obs"], a["buffer"]["obs"])
     by_step = {r["step"]: r for r in rows(split.out)}
     for r in rows(whole.out):  # the split run also has its Ctrl-C row at step 170
@@ -291,8 +258,7 @@ def test_interrupted_vectorised_run_resumes_like_the_unsplit_run(tmp_path, monke
         a = load_checkpoint(whole.out / f"seed{seed}" / CHECKPOINT)
         b = load_checkpoint(split.out / f"seed{seed}" / CHECKPOINT)
         assert a["step"] == b["step"] == 300
-        for name, value in a["agent"]["modules"].items():
-            torch.testing.assert_close(b["agent"]["modules"][name], value, msg=name)
+        assert_same_modules(a, b)
         torch.testing.assert_close(b["buffer"]["obs"], a["buffer"]["obs"])
 
 

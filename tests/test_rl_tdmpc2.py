@@ -3,13 +3,10 @@ exact resume, the command line and bad flags."""
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-from contextlib import nullcontext
-
 import numpy as np
 import pytest
 import torch
+from rl_helpers import assert_same_modules, rows, train_unsplit_and_resumed
 
 from era.rl import TDMPC2Config, TrainConfig, train
 from era.rl import tdmpc2 as tdmpc2_module
@@ -143,39 +140,13 @@ def tiny(tmp_path, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def rows(run_dir):
-    with (run_dir / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
-class StopAfter:
-    """Stands in for Ctrl-C: ``requested`` turns True after ``n`` checks (one per env step)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    @property
-    def requested(self) -> bool:
-        self.n -= 1
-        return self.n < 0
-
-
 @pytest.mark.parametrize("head", ["era", pytest.param("alpha", marks=pytest.mark.slow)])
 def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch, head):
     whole = tiny(tmp_path, head=head, out=tmp_path / "whole")
-    train(whole)
-    split = dataclasses.replace(whole, out=tmp_path / "split")
-    monkeypatch.setattr(tdmpc2_module, "stop_signals", lambda: nullcontext(StopAfter(33)))
-    train(split)  # stops mid-episode, after learning started, with a warm-started planner
-    assert load_checkpoint(split.out / CHECKPOINT)["step"] == 33
-    monkeypatch.undo()
-    train(dataclasses.replace(split, resume=True))
-
-    a = load_checkpoint(whole.out / CHECKPOINT)
-    b = load_checkpoint(split.out / CHECKPOINT)
+    # stops mid-episode, after learning started, with a warm-started planner
+    split, a, b = train_unsplit_and_resumed(whole, monkeypatch, tdmpc2_module, 33, stopped_at=33)
     assert a["step"] == b["step"] == 50
-    for name, value in a["agent"]["modules"].items():
-        torch.testing.assert_close(b["agent"]["modules"][name], value, msg=name, rtol=0, atol=0)
+    assert_same_modules(a, b, rtol=0, atol=0)
     torch.testing.assert_close(b["buffer"]["action"], a["buffer"]["action"], rtol=0, atol=0)
     by_step = {r["step"]: r for r in rows(split.out)}
     for r in rows(whole.out):  # the split run also has its Ctrl-C row at step 33

@@ -31,7 +31,6 @@ Heads, as in ``era.rl.sac``:
 from __future__ import annotations
 
 import copy
-import dataclasses
 from contextlib import nullcontext
 
 import numpy as np
@@ -43,7 +42,7 @@ from torch.distributions import Independent
 from era.gaussian import GaussianERA, TanhNormal
 from era.rl import off_policy
 from era.rl.config import TrainConfig, default_target_entropy
-from era.rl.networks import EnsembleLinear, per_state_entropy
+from era.rl.networks import EnsembleLinear, policy_entropy_stats
 from era.rl.ppo import RunningMeanStd
 from era.rl.vec_env import ReplayableEnvs
 from era.runs import set_seed
@@ -281,17 +280,7 @@ class FastSACAgent(nn.Module):
     @torch.no_grad()
     def entropy_stats(self, obs: torch.Tensor) -> dict[str, float]:
         """Per-state entropy of the policy on ``obs`` (min/mean/max) and the unreachable count."""
-        dist = self.actor(self.normalise(obs))
-        with torch.random.fork_rng(devices=[]):  # a sampled estimate must not shift training
-            entropy = per_state_entropy(dist)
-        unreachable = getattr(dist, "unreachable", None)
-        stats = {
-            "entropy": entropy.mean().item(),
-            "entropy_min": entropy.min().item(),
-            "entropy_max": entropy.max().item(),
-            "target_entropy": self.target_entropy,
-            "unreachable": int(unreachable.sum()) if unreachable is not None else 0,
-        }
+        stats = policy_entropy_stats(self.actor(self.normalise(obs)), self.target_entropy)
         if self.head == "alpha":
             stats["alpha"] = self.alpha.item()
         return stats
@@ -317,13 +306,8 @@ class FastSACAgent(nn.Module):
 
 
 def build(config: TrainConfig) -> tuple[ReplayableEnvs, FastSACAgent]:
-    """Environments and agent (on ``--device``); raises ``ValueError`` for an unknown env, an
-    infeasible target or a missing GPU."""
-    device = off_policy.resolve_device(config.device)
-    envs = ReplayableEnvs(config.env, config.seed, num_envs=config.fastsac.num_envs)
-    obs_dim = envs.observation_space.shape[0]
-    act_dim = envs.action_space.shape[0]
-    return envs, FastSACAgent(config, obs_dim, act_dim).to(device)
+    """Environments and agent (see :func:`off_policy.build_agent`)."""
+    return off_policy.build_agent(config, FastSACAgent, num_envs=config.fastsac.num_envs)
 
 
 def train(config: TrainConfig):
@@ -343,7 +327,4 @@ def train(config: TrainConfig):
 
 def load_policy(config: TrainConfig, checkpoint: dict):
     """The deterministic policy ``obs -> action`` of a checkpoint (for ``era rl eval``)."""
-    envs, agent = build(dataclasses.replace(config, device="cpu"))
-    envs.close()
-    agent.load_checkpoint_state(checkpoint["agent"])
-    return lambda obs: agent.act(torch.as_tensor(obs, dtype=torch.float32)[None], True)[0].numpy()
+    return off_policy.checkpoint_policy(build, config, checkpoint)

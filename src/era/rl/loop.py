@@ -49,6 +49,30 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def loop_checkpoint(
+    run: Run, step: int, row_step: int | None, elapsed: float, agent, buffer, envs, **rng
+) -> dict:
+    """What an off-policy loop saves to resume exactly: position, agent, replay buffer,
+    environments, ``rng`` (the loop's own generator states) and the training clock."""
+    return {
+        "step": step,
+        "config": run.config,
+        "agent": agent.checkpoint_state(),
+        "buffer": buffer.state_dict(),
+        "envs": envs.state_dict(),
+        **rng,
+        "elapsed": elapsed,
+        "row_step": row_step,
+    }
+
+
+def restore_loop(checkpoint: dict, agent, buffer, envs) -> None:
+    """Load agent, replay buffer and environments from a :func:`loop_checkpoint`."""
+    agent.load_checkpoint_state(checkpoint["agent"])
+    buffer.load_state_dict(checkpoint["buffer"])
+    envs.load_state_dict(checkpoint["envs"])
+
+
 class Clock:
     """Training wall time summed over a run's sessions: a resumed run continues its clock."""
 

@@ -168,6 +168,36 @@ def per_state_entropy(dist: Distribution, samples: int = 16) -> torch.Tensor:
     return dist.entropy()
 
 
+def entropy_summary(entropy: torch.Tensor) -> dict[str, float]:
+    """Mean, lowest and highest of per-state entropies: the ``metrics.csv`` entropy columns."""
+    return {
+        "entropy": entropy.mean().item(),
+        "entropy_min": entropy.min().item(),
+        "entropy_max": entropy.max().item(),
+    }
+
+
+def unreachable_count(dist: Distribution) -> int:
+    """States where an ERA head cannot reach its target entropy (0 for the other heads)."""
+    unreachable = getattr(dist, "unreachable", None)
+    return int(unreachable.sum()) if unreachable is not None else 0
+
+
+@torch.no_grad()
+def policy_entropy_stats(dist: Distribution, target_entropy: float) -> dict[str, float]:
+    """:func:`entropy_summary` of ``dist`` with its target and :func:`unreachable_count`.
+
+    A sampled estimate (tanh head) draws on a fork of the CPU generator so that reporting does
+    not shift training.
+    """
+    with torch.random.fork_rng(devices=[]):
+        entropy = per_state_entropy(dist)
+    return entropy_summary(entropy) | {
+        "target_entropy": target_entropy,
+        "unreachable": unreachable_count(dist),
+    }
+
+
 def _orthogonal(layer: nn.Linear, gain: float) -> nn.Linear:
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)

@@ -36,7 +36,6 @@ entropy term anywhere; ``log pi(a_D|s)`` is the truncated normal's log-density) 
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ from torch import nn
 from era.gaussian import GaussianERA
 from era.rl import off_policy
 from era.rl.config import TrainConfig, default_target_entropy
-from era.rl.networks import SACActor, TanhGaussianHead, TwinCritic, per_state_entropy
+from era.rl.networks import SACActor, TanhGaussianHead, TwinCritic, policy_entropy_stats
 from era.rl.vec_env import ReplayableEnvs
 from era.runs import set_seed
 
@@ -215,17 +214,7 @@ class OBACAgent(nn.Module):
     @torch.no_grad()
     def entropy_stats(self, obs: torch.Tensor) -> dict[str, float]:
         """Per-state entropy of the policy on ``obs`` (min/mean/max) and the unreachable count."""
-        dist = self.policy(obs)
-        with torch.random.fork_rng(devices=[]):  # a sampled estimate must not shift training
-            entropy = per_state_entropy(dist).reshape(-1)
-        unreachable = getattr(dist, "unreachable", None)
-        stats = {
-            "entropy": entropy.mean().item(),
-            "entropy_min": entropy.min().item(),
-            "entropy_max": entropy.max().item(),
-            "target_entropy": self.target_entropy,
-            "unreachable": int(unreachable.sum()) if unreachable is not None else 0,
-        }
+        stats = policy_entropy_stats(self.policy(obs), self.target_entropy)
         if self.head == "alpha":
             stats["alpha"] = self.alpha.item()
         return stats
@@ -251,13 +240,8 @@ class OBACAgent(nn.Module):
 
 
 def build(config: TrainConfig) -> tuple[ReplayableEnvs, OBACAgent]:
-    """Environment and agent (on ``--device``); raises ``ValueError`` for an unknown env, an
-    infeasible target or a missing GPU."""
-    device = off_policy.resolve_device(config.device)
-    envs = ReplayableEnvs(config.env, config.seed, num_envs=1)
-    obs_dim = envs.observation_space.shape[0]
-    act_dim = envs.action_space.shape[0]
-    return envs, OBACAgent(config, obs_dim, act_dim).to(device)
+    """Environment and agent (see :func:`off_policy.build_agent`)."""
+    return off_policy.build_agent(config, OBACAgent, num_envs=1)
 
 
 def train(config: TrainConfig):
@@ -277,7 +261,4 @@ def train(config: TrainConfig):
 
 def load_policy(config: TrainConfig, checkpoint: dict):
     """The deterministic policy ``obs -> action`` of a checkpoint (for ``era rl eval``)."""
-    envs, agent = build(dataclasses.replace(config, device="cpu"))
-    envs.close()
-    agent.load_checkpoint_state(checkpoint["agent"])
-    return lambda obs: agent.act(torch.as_tensor(obs, dtype=torch.float32)[None], True)[0].numpy()
+    return off_policy.checkpoint_policy(build, config, checkpoint)

@@ -12,6 +12,7 @@ multiple of ``--eval-every`` / ``--checkpoint-every`` (exactly at it when N divi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,7 +23,16 @@ import torch
 from era.rl.buffer import ReplayBuffer
 from era.rl.config import TrainConfig
 from era.rl.envs import make_env
-from era.rl.loop import Reporter, evaluate, rng_state, set_rng_state, start_run, write_summary
+from era.rl.loop import (
+    Reporter,
+    evaluate,
+    loop_checkpoint,
+    restore_loop,
+    rng_state,
+    set_rng_state,
+    start_run,
+    write_summary,
+)
 from era.rl.vec_env import ReplayableEnvs
 from era.runs import check_finite, read_metrics, stop_signals
 
@@ -59,6 +69,25 @@ class OffPolicyAgent(Protocol):
     def checkpoint_state(self) -> dict: ...
 
     def load_checkpoint_state(self, state: dict) -> None: ...
+
+
+def build_agent(config: TrainConfig, agent_class, num_envs: int):
+    """``num_envs`` environments and ``agent_class(config, obs_dim, act_dim)`` on ``--device``;
+    raises ``ValueError`` for an unknown env, an infeasible target or a missing GPU."""
+    device = resolve_device(config.device)
+    envs = ReplayableEnvs(config.env, config.seed, num_envs=num_envs)
+    obs_dim = envs.observation_space.shape[0]
+    act_dim = envs.action_space.shape[0]
+    return envs, agent_class(config, obs_dim, act_dim).to(device)
+
+
+def checkpoint_policy(build, config: TrainConfig, checkpoint: dict):
+    """The deterministic policy ``obs -> action`` of a checkpoint (for ``era rl eval``), on the
+    CPU; ``build`` is the agent module's."""
+    envs, agent = build(dataclasses.replace(config, device="cpu"))
+    envs.close()
+    agent.load_checkpoint_state(checkpoint["agent"])
+    return lambda obs: agent.act(torch.as_tensor(obs, dtype=torch.float32)[None], True)[0].numpy()
 
 
 @dataclass
@@ -109,9 +138,7 @@ def train(
     eval_env = make_env(config.env, config.seed + 10_000)
     step, elapsed, row_step = 0, 0.0, None
     if checkpoint is not None:
-        agent.load_checkpoint_state(checkpoint["agent"])
-        buffer.load_state_dict(checkpoint["buffer"])
-        envs.load_state_dict(checkpoint["envs"])
+        restore_loop(checkpoint, agent, buffer, envs)
         set_rng_state(checkpoint["rng"])
         if checkpoint.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
@@ -127,19 +154,13 @@ def train(
 
     def save():
         run.save_checkpoint(
-            {
-                "step": step,
-                "config": run.config,
-                "agent": agent.checkpoint_state(),
-                "buffer": buffer.state_dict(),
-                "envs": envs.state_dict(),
-                "rng": rng_state(),
+            loop_checkpoint(
+                run, step, row_step, elapsed + time.perf_counter() - t0, agent, buffer, envs,
+                rng=rng_state(),
                 # on a GPU, policy samples come from the CUDA generator
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "elapsed": elapsed + time.perf_counter() - t0,
-                "row_step": row_step,
-            },
-        )
+                cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            )
+        )  # fmt: skip
 
     def log_evaluation() -> None:
         nonlocal row_step

@@ -34,7 +34,7 @@ from era.rl.loop import (
     start_run,
     write_summary,
 )
-from era.rl.networks import PPOAgent
+from era.rl.networks import PPOAgent, entropy_summary
 from era.rl.vec_env import ReplayableEnvs
 from era.runs import Run, check_finite, read_metrics, set_seed, stop_signals
 
@@ -217,9 +217,7 @@ def evaluation_row(
     return {
         "return_mean": ret_mean,
         "return_std": ret_std,
-        "entropy": entropy.mean().item(),
-        "entropy_min": entropy.min().item(),
-        "entropy_max": entropy.max().item(),
+        **entropy_summary(entropy),
         **target,
         **{k: float(v) for k, v in losses.items()},
     }

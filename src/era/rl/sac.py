@@ -47,6 +47,7 @@ from era.rl.networks import (
     SACActor,
     TanhGaussianHead,
     TwinCritic,
+    entropy_summary,
     noise_kind,
     per_state_entropy,
     sample_from_noise,
@@ -290,10 +291,7 @@ class SACAgent(torch.nn.Module):
         unreachable = getattr(dist, "unreachable", None)
         stats = []
         for i in range(len(self.seeds)):
-            row = {
-                "entropy": entropy[i].mean().item(),
-                "entropy_min": entropy[i].min().item(),
-                "entropy_max": entropy[i].max().item(),
+            row = entropy_summary(entropy[i]) | {
                 "target_entropy": self.target_entropy,
                 "unreachable": int(unreachable[i].sum()) if unreachable is not None else 0,
             }

@@ -30,8 +30,17 @@ import torch.nn.functional as F
 from era.gaussian import GaussianERA
 from era.rl.config import TrainConfig, default_target_entropy
 from era.rl.envs import make_env
-from era.rl.loop import Clock, Reporter, evaluate, log_row, start_run, write_summary
-from era.rl.networks import per_state_entropy
+from era.rl.loop import (
+    Clock,
+    Reporter,
+    evaluate,
+    log_row,
+    loop_checkpoint,
+    restore_loop,
+    start_run,
+    write_summary,
+)
+from era.rl.networks import entropy_summary, per_state_entropy, unreachable_count
 from era.rl.vec_env import ReplayableEnvs
 from era.rl.world_model import (
     MODEL_SIZES,
@@ -401,14 +410,10 @@ class TDMPC2Agent(torch.nn.Module):
         dist = self.model.policy(self.model.encode(obs))
         with _forked_rng(self.device):  # a sampled estimate (tanh head) must not shift training
             entropy = per_state_entropy(dist)
-        stats = {
-            "entropy": entropy.mean().item(),
-            "entropy_min": entropy.min().item(),
-            "entropy_max": entropy.max().item(),
-        }
+        stats = entropy_summary(entropy)
         if self.target_entropy is not None:  # the alpha head has a bonus, not a target
             stats["target_entropy"] = self.target_entropy
-            stats["unreachable"] = int(dist.unreachable.sum())
+            stats["unreachable"] = unreachable_count(dist)
         return stats | {"q_scale": self.q_scale.item()}
 
     def checkpoint_state(self) -> dict:
@@ -511,9 +516,7 @@ def train(config: TrainConfig):
     planner = Planner(agent, explore=True)
     step, row_step, clock = 0, None, Clock()
     if checkpoint is not None:
-        agent.load_checkpoint_state(checkpoint["agent"])
-        buffer.load_state_dict(checkpoint["buffer"])
-        envs.load_state_dict(checkpoint["envs"])
+        restore_loop(checkpoint, agent, buffer, envs)
         set_rng_state(checkpoint["rng"], device)
         mean = checkpoint["plan_mean"]
         planner.mean = None if mean is None else mean.to(device)
@@ -525,18 +528,12 @@ def train(config: TrainConfig):
 
     def save():
         run.save_checkpoint(
-            {
-                "step": step,
-                "config": run.config,
-                "agent": agent.checkpoint_state(),
-                "buffer": buffer.state_dict(),
-                "envs": envs.state_dict(),
-                "rng": rng_state(device),
-                "plan_mean": None if planner.mean is None else planner.mean.cpu(),
-                "elapsed": clock.seconds(),
-                "row_step": row_step,
-            }
-        )
+            loop_checkpoint(
+                run, step, row_step, clock.seconds(), agent, buffer, envs,
+                rng=rng_state(device),
+                plan_mean=None if planner.mean is None else planner.mean.cpu(),
+            )
+        )  # fmt: skip
 
     def log_evaluation() -> None:
         nonlocal row_step
