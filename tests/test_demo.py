@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from era.demo import DemoConfig, run_configs
+from era.demo import DemoConfig, run_configs, table_rows, verdict
 from era.demo import main as demo
-from era.demo import table_rows, verdict
 from era.runs import RunError
 
 TINY = ["--steps", "200", "--learning-starts", "50", "--eval-every", "100", "--hidden", "16",
