@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from era.demo import DemoConfig, run_configs, table_rows, verdict
 from era.demo import main as demo
-from era.demo import table_rows, verdict
 from era.runs import RunError
 
 TINY = ["--steps", "200", "--learning-starts", "50", "--eval-every", "100", "--hidden", "16",
@@ -53,3 +53,12 @@ def test_report_claims_are_computed_from_the_results():
     assert "sac-era solved the task with 2 of 3 seeds" in text
     assert "sac solved the task with 1 of 3 seeds" in text
     assert "no reward threshold" in verdict(summaries, None)
+
+
+def test_both_heads_train_on_equal_terms():
+    """Same target entropy, networks, learning rates and budget; only the head differs."""
+    configs = run_configs(DemoConfig(target_entropy=-2.0, lr=5e-4, tau=0.01, hidden=32, steps=300))
+    assert {c.head for c in configs.values()} == {"era", "alpha"}
+    for c in configs.values():
+        assert c.target_entropy == -2.0 and c.total_steps == 300
+        assert (c.sac.lr, c.sac.tau, c.sac.hidden) == (5e-4, 0.01, 32)
