@@ -450,9 +450,6 @@ def stop_signals() -> Iterator[StopFlag]:
         raise Interrupted(flag.signum)
 
 
-graceful_interrupt = stop_signals  # the former name, until every trainer calls stop_signals
-
-
 def progress_bar(unit: str = "steps", disable: bool = False):
     """A rich progress bar showing done/total, ``unit``/s, elapsed, ETA and a free-text ``info``.
 
