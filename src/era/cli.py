@@ -20,7 +20,7 @@ from collections.abc import Iterator
 DOMAINS = {
     "rl": (
         "era.rl.cli",
-        "continuous control: SAC / PPO / TD-MPC2 with ERA on Gymnasium MuJoCo and dm_control",
+        "continuous control: SAC / PPO / FastSAC / OBAC / TD-MPC2 with ERA, MuJoCo / dm_control",
     ),
     "vision": ("era.vision.cli", "image classification: ERA softmax head for timm / torchvision"),
     "llm": ("era.llm.cli", "LLM RL fine-tuning: token-level ERA in TRL's GRPO trainer"),

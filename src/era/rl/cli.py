@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         {"train": TrainConfig, "sweep": SweepConfig, "plot": PlotConfig, "eval": EvalConfig},
         prog="era rl",
         args=argv,
-        description="SAC / PPO / TD-MPC2 with an ERA policy on Gymnasium MuJoCo and dm_control.",
+        description="SAC / PPO / FastSAC / OBAC / TD-MPC2 with an ERA policy, MuJoCo / dm_control.",
     )
     if isinstance(config, TrainConfig):
         runs = train(config)
