@@ -32,6 +32,16 @@ if os.environ.get("PYTHONPATH"):
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fresh_compile_cache(tmp_path_factory):
+    """torch.compile's on-disk kernel cache does not key on ``ATEN_CPU_CAPABILITY``: a cache
+    written under another setting made the compiled-vs-eager tests fail here, so every session
+    compiles into a cache of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _run_in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
