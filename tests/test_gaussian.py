@@ -13,6 +13,9 @@ from torch.distributions import Normal
 from era.distributions import HALF_LOG_2PIE, TanhNormal, TruncatedNormal
 from era.gaussian import EntropyCompensation, ERADistribution, GaussianERA
 
+# every head GaussianERA offers: (bound, mode)
+HEADS = [("truncated", "exact"), ("truncated", "delta"), ("tanh", "delta"), ("none", "exact")]
+
 L_MIN, L_MAX = -5.0, 2.0  # the defaults
 
 
@@ -336,6 +339,21 @@ def test_distribution_shapes_and_bounds(bound, mode):
         assert torch.allclose(dist.mode, 0.5 + 2.5 * torch.tanh(dist.base_dist.loc))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bound,mode", HEADS)
+def test_deterministic_action_is_the_mode_without_the_solve(bound, mode, dtype):
+    """Evaluation takes the mode from the mean alone; it must be the distribution's own mode,
+    bit for bit, for every pre_std (means up to +-30 saturate tanh at the bounds)."""
+    torch.manual_seed(0)
+    era = GaussianERA(4, bound=bound, mode=mode, low=-2.0, high=3.0)
+    mean = (torch.randn(64, 4, dtype=torch.float64) * 10).clamp(-30, 30).to(dtype)
+    for pre_std in (torch.randn(64, 4) * 5, torch.full((64, 4), -40.0)):
+        assert torch.equal(era.deterministic_action(mean), era(mean, pre_std.to(dtype)).mode)
+    mean[3, 1] = math.nan
+    with pytest.raises(ValueError, match=r"^mean has 1 non-finite entries"):
+        era.deterministic_action(mean)
+
+
 def test_tanh_entropy_is_an_unbiased_sample_estimate():
     torch.manual_seed(0)
     dist = GaussianERA(3, bound="tanh", mode="delta")(torch.randn(4, 3), torch.randn(4, 3))
@@ -437,8 +455,6 @@ def test_compensation_bad_arguments(kwargs, pattern):
 
 
 # --- inputs outside the domain: non-finite values, empty batches, mixed dtypes ---------------
-
-HEADS = [("truncated", "exact"), ("truncated", "delta"), ("tanh", "delta"), ("none", "exact")]
 
 
 @pytest.mark.parametrize("bound,mode", HEADS)

@@ -225,6 +225,17 @@ def test_seed_of_a_vectorised_agent_updates_like_the_single_seed_agent(head, era
     torch.testing.assert_close(both.act(obs)[1:], alone.act(obs[1:]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("head, era_mode", [("era", "exact"), ("era", "delta"), ("alpha", "exact")])
+def test_deterministic_action_is_the_policy_mode(head, era_mode):
+    """Evaluation skips building the distribution; it must still act with its mode."""
+    config = TrainConfig(head=head, era_mode=era_mode, sac=SACConfig(hidden=32))
+    agent = SACAgent(config, obs_dim=5, act_dim=2, seeds=[0, 1])
+    obs = torch.randn(2, 5) * 3
+    with torch.no_grad():
+        mode = agent.actor(obs.unsqueeze(1)).mode.squeeze(1).numpy()
+    np.testing.assert_array_equal(agent.act(obs.numpy(), deterministic=True), mode)
+
+
 def test_seed_of_a_vectorised_run_matches_its_single_run(tmp_path):
     """End to end: environment, warm-up, replay sampling, updates, evaluation and checkpoint of
     seed 1 trained beside seed 0 equal those of seed 1 trained alone. Rounding differences

@@ -151,6 +151,8 @@ class GaussianERA(nn.Module):
     (summed over D), ``entropy()`` per state, ``mode`` (the deterministic action, in
     [low, high] when bounded), ``base_dist.loc/.scale`` and ``unreachable``.
     ``last_unreachable`` counts the unreachable states of the last call.
+    ``deterministic_action(mean)`` is that mode from the mean alone, without the entropy solve
+    (the mode does not depend on the scale): what deterministic evaluation needs.
 
     Inputs: ``mean`` and ``pre_std`` must be finite. A NaN or infinite entry raises a
     ``ValueError`` naming the argument (one reduction per argument and call; on a GPU, one
@@ -257,8 +259,7 @@ class GaussianERA(nn.Module):
         log_w = torch.log_softmax(pre_std, dim=-1)
         unreachable = torch.zeros(mean.shape[:-1], dtype=torch.bool, device=mean.device)
         if self.bound == "truncated":
-            half = 0.5 * (self.high - self.low)
-            loc = (self.low + half) + half * torch.tanh(mean)
+            loc = self._truncated_loc(mean)
             if self.mode == "exact":
                 log_std, unreachable = _ExactTruncatedLogStd.apply(
                     loc,
@@ -286,6 +287,22 @@ class GaussianERA(nn.Module):
         self._last_unreachable = unreachable.detach()
         return dist
 
+    def deterministic_action(self, mean: torch.Tensor) -> torch.Tensor:
+        """``forward(mean, pre_std).mode`` for any ``pre_std``: the mode does not depend on the
+        scale, so deterministic evaluation can skip the entropy solve."""
+        self._check_finite("mean", mean)
+        mean = mean.to(torch.promote_types(mean.dtype, torch.float32))
+        if self.bound == "truncated":
+            return self._truncated_loc(mean)  # inside [low, high]: it is its own mode
+        if self.bound == "tanh":  # TanhNormal's mode, term for term
+            return 0.5 * (self.high + self.low) + 0.5 * (self.high - self.low) * torch.tanh(mean)
+        return mean
+
+    def _truncated_loc(self, mean: torch.Tensor) -> torch.Tensor:
+        """The truncated normal's location: ``mean`` squashed into [low, high]."""
+        half = 0.5 * (self.high - self.low)
+        return (self.low + half) + half * torch.tanh(mean)
+
     def _gaussian_log_std(self, log_w: torch.Tensor) -> torch.Tensor:
         """Split the log-std budget by w so the Gaussian's entropy is the target.
 
@@ -312,15 +329,19 @@ class GaussianERA(nn.Module):
                 f"(action_dim={self.action_dim}), got {tuple(mean.shape)} and "
                 f"{tuple(pre_std.shape)}"
             )
+        self._check_finite("mean", mean)
+        self._check_finite("pre_std", pre_std)
+
+    @staticmethod
+    def _check_finite(name: str, x: torch.Tensor) -> None:
         if torch.compiler.is_compiling():  # a data-dependent branch would break the graph
             return
-        for name, x in (("mean", mean), ("pre_std", pre_std)):
-            if not bool(torch.isfinite(x).all()):
-                bad = int((~torch.isfinite(x)).sum())
-                raise ValueError(
-                    f"{name} has {bad} non-finite entries (NaN or inf) among {x.numel()}; "
-                    "GaussianERA needs finite network outputs"
-                )
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(
+                f"{name} has {bad} non-finite entries (NaN or inf) among {x.numel()}; "
+                "GaussianERA needs finite network outputs"
+            )
 
     def extra_repr(self) -> str:
         return (

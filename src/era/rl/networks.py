@@ -95,6 +95,10 @@ class TanhGaussianHead(nn.Module):
         )
         return Independent(TanhNormal(mean, log_std.exp()), 1)
 
+    def deterministic_action(self, mean: torch.Tensor) -> torch.Tensor:
+        """The mode of ``forward(mean, pre_std)``, which does not depend on ``pre_std``."""
+        return torch.tanh(mean)
+
 
 class SACActor(nn.Module):
     """MLP trunk (ELU) -> (mean, raw std) -> head (``GaussianERA`` or ``TanhGaussianHead``).
@@ -117,11 +121,17 @@ class SACActor(nn.Module):
             layer.init_member(index, generator)
 
     def forward(self, obs: torch.Tensor) -> Distribution:
+        return self.head(*self._mean_and_pre_std(obs))
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """``forward(obs).mode`` without building the distribution (no entropy solve)."""
+        return self.head.deterministic_action(self._mean_and_pre_std(obs)[0])
+
+    def _mean_and_pre_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = obs
         for i, layer in enumerate(self.trunk):
             x = layer(x) if i == 0 else layer(F.elu(x))
-        mean, pre_std = x.chunk(2, dim=-1)
-        return self.head(mean, pre_std)
+        return x.chunk(2, dim=-1)
 
 
 def noise_kind(dist: Distribution) -> str:

@@ -274,11 +274,11 @@ class SACAgent(torch.nn.Module):
         """``obs [S, obs_dim]`` (one state per seed) -> ``[S, act_dim]``: one transfer each way."""
         obs = torch.as_tensor(obs, dtype=torch.float32).to(self.device).unsqueeze(1)
         with self._autocast():
-            dist = self.actor(obs)
-        if deterministic:
-            action = dist.mode
-        else:
-            action, _ = sample_from_noise(dist, self.draw(self.noise, (1, self.act_dim)))
+            if deterministic:
+                action = self.actor.deterministic_action(obs)
+            else:
+                dist = self.actor(obs)
+                action, _ = sample_from_noise(dist, self.draw(self.noise, (1, self.act_dim)))
         return action.squeeze(1).float().cpu().numpy()
 
     @torch.no_grad()
