@@ -84,6 +84,10 @@ def test_one_update_per_head_changes_every_network(tmp_path, head, clipped_doubl
     assert agent.critic(*data[:2]).shape == (2, 32, config.fastsac.num_atoms)
     action = agent.act(data[0])
     assert action.shape == (32, ACT) and action.abs().max() <= 1
+    # evaluation skips the distribution, but must act with its mode
+    with torch.no_grad():
+        mode = agent.actor(agent.normalise(data[0])).mode
+    assert mode.abs().max() > 0 and torch.equal(agent.act(data[0], deterministic=True), mode)
 
 
 def test_resumed_run_equals_unsplit_run_and_era_floor_holds_on_replay_states(tmp_path, monkeypatch):

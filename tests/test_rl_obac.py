@@ -101,6 +101,9 @@ def test_one_update_per_head_changes_every_network(tmp_path, head):
             prefix
         )
     assert torch.equal(before["log_alpha"], after["log_alpha"]) == (head == "era")
+    obs = batch()[0]  # evaluation skips the distribution, but must act with its mode
+    with torch.no_grad():
+        assert torch.equal(agent.act(obs, deterministic=True), agent.policy(obs).mode[0])
 
 
 @pytest.mark.parametrize("head, gate", [("era", "state"), ("alpha", "batch")])

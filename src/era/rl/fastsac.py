@@ -83,8 +83,14 @@ class FastSACActor(nn.Module):
         self.head = head
 
     def forward(self, obs: torch.Tensor):
-        mean, pre_std = at_least_float32(self.out(self.trunk(obs))).chunk(2, dim=-1)
-        return self.head(mean, pre_std)
+        return self.head(*self._mean_and_pre_std(obs))
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """``forward(obs).mode`` without building the distribution (no entropy solve)."""
+        return self.head.deterministic_action(self._mean_and_pre_std(obs)[0])
+
+    def _mean_and_pre_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return at_least_float32(self.out(self.trunk(obs))).chunk(2, dim=-1)
 
 
 class TanhGaussianHead(nn.Module):
@@ -93,6 +99,10 @@ class TanhGaussianHead(nn.Module):
     def forward(self, mean: torch.Tensor, pre_std: torch.Tensor):
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(pre_std) + 1)
         return Independent(TanhNormal(mean, log_std.exp()), 1)
+
+    def deterministic_action(self, mean: torch.Tensor) -> torch.Tensor:
+        """The mode of ``forward(mean, pre_std)``, which does not depend on ``pre_std``."""
+        return torch.tanh(mean)
 
 
 class DistributionalCritic(nn.Module):
@@ -274,8 +284,9 @@ class FastSACAgent(nn.Module):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         with self.autocast():
-            dist = self.actor(self.normalise(obs))
-        return dist.mode if deterministic else dist.sample()
+            if deterministic:  # the mode needs no entropy solve
+                return self.actor.deterministic_action(self.normalise(obs))
+            return self.actor(self.normalise(obs)).sample()
 
     @torch.no_grad()
     def entropy_stats(self, obs: torch.Tensor) -> dict[str, float]:

@@ -208,8 +208,9 @@ class OBACAgent(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        dist = self.policy(obs)
-        return (dist.mode if deterministic else dist.sample())[0]
+        if deterministic:  # the mode needs no entropy solve
+            return self.actor.deterministic_action(obs.unsqueeze(0))[0]
+        return self.policy(obs).sample()[0]
 
     @torch.no_grad()
     def entropy_stats(self, obs: torch.Tensor) -> dict[str, float]:
