@@ -112,12 +112,16 @@ def config_for(args: Args, head: str, seed: int) -> TrainConfig:
     )
 
 
-def train_one(config: TrainConfig) -> Path:
+def train_one(job: tuple[TrainConfig, Path]) -> Path:
+    """Train one run, then copy its ``metrics.csv`` beside the results at once, so a finished
+    run's numbers survive whatever stops the benchmark later."""
     from era.rl.train import train_one as train
 
+    config, csv = job
     start = time.perf_counter()
     train(config)
     print(f"trained {config.out} in {time.perf_counter() - start:.0f} s", flush=True)
+    copy_metrics(config.out / "metrics.csv", csv)
     return config.out
 
 
@@ -129,9 +133,9 @@ def train_all(args: Args) -> None:
             if is_finished(out, args.total_steps):
                 print(f"done already: {out}", flush=True)
             else:
-                jobs.append(config_for(args, head, seed))
+                jobs.append((config_for(args, head, seed), csv_copy(args, head, seed)))
     run_in_parallel(train_one, jobs, max_workers=args.workers)
-    for seed in args.seeds:
+    for seed in args.seeds:  # finished runs whose copy an earlier, stopped invocation missed
         for head in HEADS:
             source = run_dir(args, head, seed) / "metrics.csv"
             if source.exists():
