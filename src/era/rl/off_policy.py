@@ -222,7 +222,7 @@ def train(
                 if crossed(step, n, config.checkpoint_every):
                     check_finite(step, **losses)
                     save()
-            if row_step != step:  # always end with an evaluation of the final policy
+            if row_step != step and not stop.requested:  # end with a final evaluation
                 log_evaluation()
             save()
             reporter.advance_to(step)

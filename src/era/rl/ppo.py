@@ -308,7 +308,7 @@ def train(config: TrainConfig):
                     row_step = log_row(logger, reporter, clock, step, row)
                 if step // config.checkpoint_every > previous // config.checkpoint_every:
                     save(run, step, row_step, clock, ppo, optimiser, rewards, envs)
-            if row_step != step:  # always end with an evaluation of the final policy
+            if row_step != step and not stop.requested:  # end with a final evaluation
                 row = evaluation_row(ppo, eval_env, config, rollout_obs, losses)
                 row_step = log_row(logger, reporter, clock, step, row)
             save(run, step, row_step, clock, ppo, optimiser, rewards, envs)

@@ -531,7 +531,7 @@ def train_seeds(configs: list[TrainConfig]):
                 if step % config.checkpoint_every == 0:
                     check(losses)
                     save()
-            if any(run.row_step != step for run in runs):  # always end with a final evaluation
+            if any(run.row_step != step for run in runs) and not stop.requested:
                 log_evaluation()
             save()
             reporter.advance_to(step)

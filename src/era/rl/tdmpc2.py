@@ -608,7 +608,7 @@ def train(config: TrainConfig):
                 if step % config.checkpoint_every == 0:
                     check_finite(step, **losses)
                     save()
-            if row_step != step:  # always end with an evaluation of the final agent
+            if row_step != step and not stop.requested:  # end with a final evaluation
                 log_evaluation()
             save()
             reporter.advance_to(step)
