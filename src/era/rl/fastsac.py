@@ -45,7 +45,6 @@ from era.rl.config import TrainConfig, default_target_entropy
 from era.rl.networks import EnsembleLinear, policy_entropy_stats
 from era.rl.ppo import RunningMeanStd
 from era.rl.vec_env import ReplayableEnvs
-from era.runs import set_seed
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 0.0  # FastSAC's tanh-Gaussian range
 CRITICS = 2
@@ -323,17 +322,7 @@ def build(config: TrainConfig) -> tuple[ReplayableEnvs, FastSACAgent]:
 
 def train(config: TrainConfig):
     """Train FastSAC (``era`` or ``alpha`` head) as configured; returns the run directory."""
-    set_seed(config.seed)
-    envs, agent = build(config)
-    cfg = config.fastsac
-    schedule = off_policy.Schedule(
-        num_envs=cfg.num_envs,
-        learning_starts=cfg.learning_starts,
-        updates_per_vector_step=cfg.updates_per_step,
-        batch_size=cfg.batch_size,
-        buffer_size=cfg.buffer_size,
-    )
-    return off_policy.train(config, agent, envs, schedule, agent.support.device)
+    return off_policy.run(config, build, config.fastsac, num_envs=config.fastsac.num_envs)
 
 
 def load_policy(config: TrainConfig, checkpoint: dict):

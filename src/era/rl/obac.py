@@ -46,7 +46,6 @@ from era.rl import off_policy
 from era.rl.config import TrainConfig, default_target_entropy
 from era.rl.networks import SACActor, TanhGaussianHead, TwinCritic, policy_entropy_stats
 from era.rl.vec_env import ReplayableEnvs
-from era.runs import set_seed
 
 # Buffer actions are clamped this far inside [-1, 1] before the tanh head's log-density
 # (atanh(+-1) is infinite; a float32 tanh sample can round to exactly +-1).
@@ -247,17 +246,7 @@ def build(config: TrainConfig) -> tuple[ReplayableEnvs, OBACAgent]:
 
 def train(config: TrainConfig):
     """Train OBAC (``era`` or ``alpha`` head) as configured; returns the run directory."""
-    set_seed(config.seed)
-    envs, agent = build(config)
-    cfg = config.obac
-    schedule = off_policy.Schedule(
-        num_envs=1,
-        learning_starts=cfg.learning_starts,
-        updates_per_vector_step=cfg.updates_per_step,
-        batch_size=cfg.batch_size,
-        buffer_size=cfg.buffer_size,
-    )
-    return off_policy.train(config, agent, envs, schedule, agent.log_alpha.device)
+    return off_policy.run(config, build, config.obac, num_envs=1)
 
 
 def load_policy(config: TrainConfig, checkpoint: dict):

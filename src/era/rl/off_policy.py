@@ -34,7 +34,7 @@ from era.rl.loop import (
     write_summary,
 )
 from era.rl.vec_env import ReplayableEnvs
-from era.runs import check_finite, read_metrics, stop_signals
+from era.runs import check_finite, read_metrics, set_seed, stop_signals
 
 LOG_EVERY = 1000  # steps between TensorBoard training scalars and divergence checks
 
@@ -119,6 +119,22 @@ def stats_batch(buffer: ReplayBuffer, step: int, size: int = 1024) -> torch.Tens
     """Replay states for the entropy report; a generator of its own keeps training's stream."""
     generator = torch.Generator().manual_seed(step)
     return sample(buffer, min(size, buffer.size), generator)[0]
+
+
+def run(config: TrainConfig, build, cfg, num_envs: int):
+    """Seed, build (the agent module's ``build``) and train one agent whose options ``cfg``
+    hold ``learning_starts``, ``updates_per_step``, ``batch_size`` and ``buffer_size``;
+    returns the run directory."""
+    set_seed(config.seed)
+    envs, agent = build(config)
+    schedule = Schedule(
+        num_envs=num_envs,
+        learning_starts=cfg.learning_starts,
+        updates_per_vector_step=cfg.updates_per_step,
+        batch_size=cfg.batch_size,
+        buffer_size=cfg.buffer_size,
+    )
+    return train(config, agent, envs, schedule, next(agent.parameters()).device)
 
 
 def train(
