@@ -64,6 +64,8 @@ class Args:
     """seeds of every (regime, method)"""
     regimes: tuple[str, ...] = ("overfit", "full")
     """overfit (10 % of the training set) and/or full (all of it)"""
+    methods: tuple[str, ...] = tuple(METHODS)
+    """which methods to train (a subset lets two processes share the study)"""
     overfit_epochs: int = 30
     """epochs of the overfitting regime (46 steps each)"""
     full_epochs: int = 30
@@ -94,6 +96,8 @@ def configs(args: Args) -> list[tuple[str, TrainConfig]]:
     for regime in args.regimes:
         for seed in args.seeds:
             for method, fields in METHODS.items():
+                if method not in args.methods:
+                    continue
                 name = f"{regime}/{method}/seed{seed}"
                 config = TrainConfig(
                     out=args.runs_dir / name,
@@ -445,6 +449,9 @@ def report(args: Args) -> None:
 
 
 def main(args: Args) -> None:
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--methods {' '.join(unknown)}: unknown; choose from {' '.join(METHODS)}")
     if not args.report:
         test = load_fashion_mnist(train=False)
         print(f"{len(configs(args))} runs; results in {args.results}", flush=True)

@@ -244,9 +244,10 @@ def test_head_gradcheck(top_k):
 
 
 @pytest.mark.parametrize("top_k", [None, 5])
-def test_head_matches_era_token_and_tiling_does_not_matter(top_k):
+@pytest.mark.parametrize("k", [3.0, 2.0])  # k = 2 takes the head's exp-free path
+def test_head_matches_era_token_and_tiling_does_not_matter(top_k, k):
     h, w, b, labels = random_head(n=23, vocab=50, dtype=torch.float32, seed=3)
-    scales = (1.0, 3.0, 1 / 3)
+    scales = (1.0, k, 1 / k)
     column = torch.randint(0, 3, (23,), generator=torch.Generator().manual_seed(4))
     weights = torch.randn(23, generator=torch.Generator().manual_seed(5))
     results = []
