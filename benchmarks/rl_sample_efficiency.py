@@ -32,6 +32,13 @@ and PPO-ERA vs PPO (three seeds, one process each, 1M steps)::
         --total-steps 1000000 --eval-every 50000 --runs runs/rl_se_ppo \\
         --results benchmarks/results/rl_sample_efficiency_ppo
 
+and what bf16 autocast does to learning (SAC-ERA in float32 against the same under bf16)::
+
+    OMP_NUM_THREADS=1 python benchmarks/rl_sample_efficiency.py --heads SAC-ERA SAC-ERA-bf16 \\
+        --tasks Hopper-v5 --seeds 0 1 2 --total-steps 30000 --eval-every 3000 \\
+        --runs runs/rl_se_bf16 --results benchmarks/results/rl_bf16_hopper_30k \\
+        --figure docs/img/rl_bf16_hopper_30k.png
+
 What was run for docs/benchmarks/rl.md is in that file.
 """
 
@@ -47,12 +54,14 @@ from _rl_common import args_json, copy_metrics, is_finished, mean_std, seed_summ
 
 from era.rl.config import SACConfig, TrainConfig
 
-# name: (algorithm, head, ERA mode)
+# name: (algorithm, head, ERA mode, SAC autocast); the bf16 names test what bf16 does to learning
 HEADS = {
-    "SAC-ERA": ("sac", "era", "exact"),
-    "SAC": ("sac", "alpha", "exact"),
-    "PPO-ERA": ("ppo", "era", "exact"),
-    "PPO": ("ppo", "std", "exact"),
+    "SAC-ERA": ("sac", "era", "exact", "none"),
+    "SAC": ("sac", "alpha", "exact", "none"),
+    "SAC-ERA-bf16": ("sac", "era", "exact", "bf16"),
+    "SAC-bf16": ("sac", "alpha", "exact", "bf16"),
+    "PPO-ERA": ("ppo", "era", "exact", "none"),
+    "PPO": ("ppo", "std", "exact", "none"),
 }
 
 
@@ -61,7 +70,8 @@ class Args:
     tasks: list[str] = field(default_factory=lambda: ["Hopper-v5", "dm_control/cartpole-swingup"])
     """Gymnasium or dm_control task ids"""
     heads: list[str] = field(default_factory=lambda: ["SAC-ERA", "SAC"])
-    """heads to compare, first against second (of SAC-ERA, SAC, PPO-ERA, PPO)"""
+    """heads to compare, first against second (of SAC-ERA, SAC, SAC-ERA-bf16, SAC-bf16, PPO-ERA,
+    PPO; the bf16 ones run the SAC update under bf16 autocast)"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """seeds of every (task, head), trained together"""
     total_steps: int = 100_000
@@ -101,7 +111,7 @@ def train_all(args: Args) -> None:
 
     for task in args.tasks:
         for head in args.heads:
-            algo, policy, mode = HEADS[head]
+            algo, policy, mode, amp = HEADS[head]
             out = run_dir(args, task, head)
             seed_dirs = [out / f"seed{seed}" for seed in args.seeds]
             if all(is_finished(d, args.total_steps) for d in seed_dirs):
@@ -124,6 +134,7 @@ def train_all(args: Args) -> None:
                         hidden=args.hidden,
                         batch_size=args.batch_size,
                         learning_starts=args.learning_starts,
+                        amp=amp,
                     ),
                 )
                 start = time.perf_counter()
