@@ -1,13 +1,18 @@
 """CPU-scale reproduction of ERA for LLM RL: GRPO vs GRPO + ERA on procedural arithmetic.
 
-One tiny transformer (Llama architecture, tokenizer trained on the task's text) is warm-started
-once with a short supervised phase; then, from that same checkpoint and with the same seeds and
-budget, GRPO and GRPO + ERA train on reasoning-gym ``chain_sum`` (two terms of 1-2 digits). We
-record token entropy, response entropy and reward during training, and greedy accuracy and pass@k
-(k = 1…16, unbiased estimator) on held-out problems at the end.
+The RL runs start from one model: by default a tiny transformer (Llama architecture, tokenizer
+trained on the task's text) warm-started once with a short supervised phase; with ``--model
+smollm2`` the pretrained SmolLM2-135M-Instruct (no warm start). From that same model and with
+the same seeds and budget, GRPO and GRPO + ERA train on reasoning-gym ``chain_sum`` (two terms
+of 1-2 digits). We record token entropy, response entropy and reward during training, and greedy
+accuracy and pass@k (k = 1…``--final-samples``, unbiased estimator) on held-out problems at the
+end.
 
-    OMP_NUM_THREADS=1 python benchmarks/llm_reproduction.py            # the published run
+    OMP_NUM_THREADS=1 python benchmarks/llm_reproduction.py            # the tiny-model run
     python benchmarks/llm_reproduction.py --report-only                # redo figures/JSON only
+
+The SmolLM2 run of docs/benchmarks/llm.md (its command is there) adds ``--model smollm2`` and
+smaller batches and evaluations, so that a step takes about a minute on one CPU core.
 
 Resumable: finished runs are skipped, interrupted ones resume from their last checkpoint. Writes
 ``benchmarks/results/llm_reproduction.json``, ``docs/img/llm_curves.png`` and
@@ -29,12 +34,27 @@ ROOT = Path(__file__).resolve().parents[1]
 class Args:
     out: Path = ROOT / "runs" / "llm_repro"
     """Where the runs are written."""
+    model: str = "tiny"
+    """'tiny' (warm-started here into --init) or a model `era llm train --model` takes, e.g.
+    'smollm2', which the runs start from as it is."""
     init: Path = ROOT / "runs" / "llm_repro" / "init"
-    """The first warm-start checkpoint (built here if missing)."""
+    """The first warm-start checkpoint of the tiny model (built here if missing)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """One GRPO and one GRPO + ERA run per seed."""
     steps: int = 200
-    """GRPO steps per run (16 problems x 8 samples each)."""
+    """GRPO steps per run."""
+    prompts_per_step: int = 16
+    """Distinct problems per step."""
+    num_generations: int = 8
+    """Completions per problem (the GRPO group)."""
+    max_completion_length: int = 8
+    """Longest completion in tokens (also in the evaluations)."""
+    eval_every: int = 10
+    """Steps between the held-out evaluations during training."""
+    eval_problems: int = 100
+    """Held-out problems of each evaluation during training."""
+    save_every: int = 50
+    """Steps between checkpoints."""
     learning_rate: float = 2e-4
     """AdamW learning rate of the RL phase."""
     era_low: float = 1.8
@@ -65,9 +85,17 @@ class Args:
     """Label -> whether ERA is on."""
 
 
-def _start(args: Args) -> Path:
-    """The checkpoint RL starts from: the first warm start, or the second phase on top of it."""
-    return args.out / "init" if args.more_sft_steps else args.init
+def _start(args: Args) -> str:
+    """The model RL starts from: the first warm start, the second phase on top of it, or the
+    pretrained model."""
+    if args.model != "tiny":
+        return args.model
+    return str(args.out / "init" if args.more_sft_steps else args.init)
+
+
+def _start_eval_cache(args: Args) -> Path:
+    """Where the starting model's final evaluation is cached."""
+    return Path(_start(args)) if args.model == "tiny" else args.out / "start"
 
 
 def _more_sft(args: Args) -> None:
@@ -87,8 +115,8 @@ def _more_sft(args: Args) -> None:
     train, _ = TaskArgs().problems()
     model, tokenizer = load_model(str(args.init))
     warm_start(model, tokenizer, train, steps=args.more_sft_steps, lr=args.more_sft_lr, seed=1)
-    model.save_pretrained(_start(args))
-    tokenizer.save_pretrained(_start(args))
+    model.save_pretrained(args.out / "init")
+    tokenizer.save_pretrained(args.out / "init")
 
 
 def _run_dir(args: Args, era: bool, seed: int) -> Path:
@@ -109,36 +137,42 @@ def _train_one(job: tuple[Args, bool, int]) -> str:
     resume = any(out.glob("checkpoint-*"))
     cfg = TrainConfig(
         out=out,
-        model=str(_start(args)),
+        model=_start(args),
         seed=seed,
         steps=args.steps,
         learning_rate=args.learning_rate,
+        prompts_per_step=args.prompts_per_step,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length,
         era=era,
         era_low=args.era_low,
         era_high=args.era_high,
-        eval_every=10,
-        eval_problems=100,
+        eval_every=args.eval_every,
+        eval_problems=args.eval_problems,
         eval_samples=args.eval_samples,
-        save_every=50,
+        save_every=args.save_every,
         resume=resume,
     )
     train(cfg)
     return str(out)
 
 
-def _final_eval(args: Args, model_dir: Path, held_out) -> dict[str, float]:
-    """Greedy accuracy and pass@1..16 of one model on all held-out problems (cached)."""
+def _final_eval(args: Args, model: str, cache_dir: Path, held_out) -> dict[str, float]:
+    """Greedy accuracy and pass@1..n of one model on all held-out problems (cached in
+    ``cache_dir``)."""
     from era.llm.evaluate import evaluate
     from era.llm.models import load_model
 
-    cache = model_dir / "final_eval.json"
+    cache = cache_dir / "final_eval.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    model, tokenizer = load_model(str(model_dir))
+    loaded, tokenizer = load_model(model)
     ks = list(range(1, args.final_samples + 1))
     result = evaluate(
-        model, tokenizer, held_out, samples=args.final_samples, ks=ks, max_new_tokens=8, seed=1234
-    )
+        loaded, tokenizer, held_out, samples=args.final_samples, ks=ks,
+        max_new_tokens=args.max_completion_length, seed=1234,
+    )  # fmt: skip
+    cache_dir.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -155,10 +189,11 @@ def _report(args: Args) -> dict:
     summary: dict = {
         "task": "reasoning-gym chain_sum, 2 terms of 1-2 digits",
         "held_out_problems": len(held_out),
+        "model": _model_name(args),
         "config": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(args).items()
         },
-        "warm_start": _final_eval(args, _start(args), held_out),
+        "warm_start": _final_eval(args, _start(args), _start_eval_cache(args), held_out),
         "methods": {},
     }
     groups = {}
@@ -168,7 +203,7 @@ def _report(args: Args) -> dict:
         if not runs:
             continue
         groups[label] = [r / "metrics.csv" for r in runs]
-        finals = [_final_eval(args, r / "final", held_out) for r in runs]
+        finals = [_final_eval(args, str(r / "final"), r / "final", held_out) for r in runs]
         summary["methods"][label] = {
             "seeds": len(runs),
             **{k: _mean_std([f[k] for f in finals]) for k in finals[0]},
@@ -187,7 +222,7 @@ def _report(args: Args) -> dict:
             ],
             out_png=args.img_dir / f"{args.figure_prefix}_curves.png",
             hlines={"response_entropy": args.era_low},
-            title=f"chain_sum, tiny transformer, lr {args.learning_rate:g}: GRPO vs GRPO + ERA "
+            title=f"chain_sum, {_model_name(args)}, lr {args.learning_rate:g}: GRPO vs GRPO + ERA "
             "(mean ± std over seeds)",
         )
         _plot_pass_at_k(
@@ -197,6 +232,10 @@ def _report(args: Args) -> dict:
     args.results.write_text(json.dumps(summary, indent=2) + "\n")
     print(_table(summary, args.final_samples))
     return summary
+
+
+def _model_name(args: Args) -> str:
+    return "tiny transformer" if args.model == "tiny" else args.model
 
 
 def _last_rows(runs: list[Path]) -> dict[str, tuple[float, float]]:
@@ -219,7 +258,7 @@ def _plot_pass_at_k(summary: dict, out_png: Path, n: int) -> None:
 
     ks = list(range(1, n + 1))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(ks, [summary["warm_start"][f"pass@{k}"] for k in ks], "k--", label="warm start")
+    ax.plot(ks, [summary["warm_start"][f"pass@{k}"] for k in ks], "k--", label="start")
     for label, result in summary["methods"].items():
         mean = [result[f"pass@{k}"][0] for k in ks]
         std = [result[f"pass@{k}"][1] for k in ks]
@@ -239,7 +278,7 @@ def _table(summary: dict, n: int) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     ws = summary["warm_start"]
     lines.append(
-        f"| warm start | {ws['accuracy']:.3f} | "
+        f"| start ({summary['model']}) | {ws['accuracy']:.3f} | "
         + " | ".join(f"{ws[f'pass@{k}']:.3f}" for k in ks)
         + " | – | – |"
     )
@@ -260,11 +299,12 @@ def main(args: Args) -> None:
     from era.llm.runner import warm_start
     from era.runs import run_in_parallel
 
-    if not args.report_only:
+    if not args.report_only and args.model == "tiny":
         if not (args.init / "config.json").is_file():
             warm_start(WarmStartConfig(out=args.init, steps=args.warm_start_steps))
-        if args.more_sft_steps and not (_start(args) / "config.json").is_file():
+        if args.more_sft_steps and not (args.out / "init" / "config.json").is_file():
             _more_sft(args)
+    if not args.report_only:
         jobs = [(args, era, seed) for seed in args.seeds for era in args.methods.values()]
         for line in run_in_parallel(_train_one, jobs, max_workers=args.workers):
             print(line)
