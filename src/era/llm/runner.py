@@ -41,8 +41,9 @@ from era.runs import (
 
 TRAIN_CHECKPOINTS = "checkpoint-*"
 """TRL's checkpoint folders: what ``--resume`` continues from."""
-MAY_CHANGE = frozenset({"steps", "eval_every", "save_every"})
-"""Settings a resumed run may change: they do not change what the steps compute."""
+MAY_CHANGE = frozenset({"steps", "eval_every", "save_every", "gradient_checkpointing"})
+"""Settings a resumed run may change: they do not change what the steps compute (gradient
+checkpointing recomputes the same activations instead of keeping them)."""
 
 
 def _ks(samples: int) -> list[int]:
