@@ -88,12 +88,17 @@ class Args:
     """Label -> whether ERA is on."""
 
 
+def _second_phase(args: Args) -> Path:
+    """Where the second supervised phase of the tiny model is saved."""
+    return args.out / "init"
+
+
 def _start(args: Args) -> str:
     """The model RL starts from: the first warm start, the second phase on top of it, or the
     pretrained model."""
     if args.model != "tiny":
         return args.model
-    return str(args.out / "init" if args.more_sft_steps else args.init)
+    return str(_second_phase(args) if args.more_sft_steps else args.init)
 
 
 def _start_eval_cache(args: Args) -> Path:
@@ -118,8 +123,8 @@ def _more_sft(args: Args) -> None:
     train, _ = TaskArgs().problems()
     model, tokenizer = load_model(str(args.init))
     warm_start(model, tokenizer, train, steps=args.more_sft_steps, lr=args.more_sft_lr, seed=1)
-    model.save_pretrained(args.out / "init")
-    tokenizer.save_pretrained(args.out / "init")
+    model.save_pretrained(_second_phase(args))
+    tokenizer.save_pretrained(_second_phase(args))
 
 
 def _run_dir(args: Args, era: bool, seed: int) -> Path:
@@ -298,17 +303,23 @@ def _table(summary: dict, n: int) -> str:
     return "\n".join(lines)
 
 
-def main(args: Args) -> None:
+def _prepare_tiny_start(args: Args) -> None:
+    """Build the tiny model's warm start (and its second phase) unless they exist."""
     from era.llm.config import WarmStartConfig
     from era.llm.runner import warm_start
+
+    if not (args.init / "config.json").is_file():
+        warm_start(WarmStartConfig(out=args.init, steps=args.warm_start_steps))
+    if args.more_sft_steps and not (_second_phase(args) / "config.json").is_file():
+        _more_sft(args)
+
+
+def main(args: Args) -> None:
     from era.runs import run_in_parallel
 
-    if not args.report_only and args.model == "tiny":
-        if not (args.init / "config.json").is_file():
-            warm_start(WarmStartConfig(out=args.init, steps=args.warm_start_steps))
-        if args.more_sft_steps and not (args.out / "init" / "config.json").is_file():
-            _more_sft(args)
     if not args.report_only:
+        if args.model == "tiny":
+            _prepare_tiny_start(args)
         jobs = [(args, era, seed) for seed in args.seeds for era in args.methods.values()]
         for line in run_in_parallel(_train_one, jobs, max_workers=args.workers):
             print(line)
