@@ -27,12 +27,15 @@ def copy_metrics(source: Path, target: Path) -> None:
 
 def seed_summary(csvs: list[Path], total_steps: int, entropy_key: str | None = None) -> dict | None:
     """Final return and return averaged over evaluations (mean and std over seeds) and wall
-    steps/s of the copied ``metrics.csv`` files that reached ``total_steps``; with
-    ``entropy_key``, also the lowest per-state entropy seen, under that name. None if no seed
-    finished."""
+    steps/s of the copied ``metrics.csv`` files that reached ``total_steps``, each curve read up
+    to ``total_steps`` (so longer runs compare at an earlier step); with ``entropy_key``, also
+    the lowest per-state entropy seen, under that name. None if no seed finished."""
     finals, curves, floors, sps = [], [], [], []
     for path in csvs:
         metrics = read_metrics(path) if path.exists() else {}
+        if metrics:
+            upto = metrics["step"] <= total_steps
+            metrics = {k: v[upto] for k, v in metrics.items()} if upto.any() else {}
         if metrics and metrics["step"][-1] >= total_steps:
             finals.append(float(metrics["return_mean"][-1]))
             curves.append(float(metrics["return_mean"].mean()))

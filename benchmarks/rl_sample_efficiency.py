@@ -92,8 +92,17 @@ class Args:
     """JSON, markdown table and the runs' metrics.csv copies"""
     figure: Path = Path("docs/img/rl_sample_efficiency.png")
     """learning curves"""
+    device: str = "cpu"
+    """SAC runs' networks, replay and updates: cpu, cuda or auto (environments stay on the CPU)"""
+    compile: bool = False
+    """torch.compile the SAC losses (--sac.compile)"""
+    workers: int = 1
+    """(task, head) runs trained at once, one process each (several share one GPU well)"""
     aggregate_only: bool = False
     """skip training; rebuild the tables and figure from the copied CSVs"""
+    at_step: int | None = None
+    """aggregate the curves up to this step (runs cut short; default --total-steps), into
+    RESULTS/at_step_N/"""
     bootstrap: int = 2000
     """bootstrap resamples of the confidence intervals"""
 
@@ -106,52 +115,75 @@ def csv_copy(args: Args, task: str, head: str, seed: int) -> Path:
     return args.results / task.replace("/", "_") / head / f"seed{seed}" / "metrics.csv"
 
 
-def train_all(args: Args) -> None:
+def run_config(args: Args, task: str, head: str) -> TrainConfig:
+    """The vectorised run of every seed of one (task, head)."""
+    algo, policy, mode, amp = HEADS[head]
+    out = run_dir(args, task, head)
+    return TrainConfig(
+        env=task,
+        algo=algo,
+        head=policy,
+        era_mode=mode,
+        total_steps=args.total_steps,
+        seeds=args.seeds,
+        device=args.device if algo == "sac" else "cpu",
+        out=out,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        checkpoint_every=args.eval_every,
+        resume=all((out / f"seed{seed}" / "checkpoint.pt").exists() for seed in args.seeds),
+        progress=False,
+        sac=SACConfig(
+            hidden=args.hidden,
+            batch_size=args.batch_size,
+            learning_starts=args.learning_starts,
+            amp=amp,
+            compile=args.compile,
+        ),
+    )
+
+
+def train_one(config: TrainConfig) -> None:
+    """One (task, head) run, in its own process when ``--workers`` > 1."""
     from era.rl.train import train
 
+    start = time.perf_counter()
+    train(config)
+    print(f"trained {config.out} in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def train_all(args: Args) -> None:
+    """Train the unfinished (task, head) runs, ``--workers`` at a time; copy every metrics.csv."""
+    from era.runs import run_in_parallel
+
+    todo = []
     for task in args.tasks:
         for head in args.heads:
-            algo, policy, mode, amp = HEADS[head]
             out = run_dir(args, task, head)
-            seed_dirs = [out / f"seed{seed}" for seed in args.seeds]
-            if all(is_finished(d, args.total_steps) for d in seed_dirs):
+            if all(is_finished(out / f"seed{seed}", args.total_steps) for seed in args.seeds):
                 print(f"done already: {out}", flush=True)
             else:
-                config = TrainConfig(
-                    env=task,
-                    algo=algo,
-                    head=policy,
-                    era_mode=mode,
-                    total_steps=args.total_steps,
-                    seeds=args.seeds,
-                    out=out,
-                    eval_every=args.eval_every,
-                    eval_episodes=args.eval_episodes,
-                    checkpoint_every=args.eval_every,
-                    resume=all((d / "checkpoint.pt").exists() for d in seed_dirs),
-                    progress=False,
-                    sac=SACConfig(
-                        hidden=args.hidden,
-                        batch_size=args.batch_size,
-                        learning_starts=args.learning_starts,
-                        amp=amp,
-                    ),
+                todo.append(run_config(args, task, head))
+    run_in_parallel(train_one, todo, max_workers=args.workers)
+    for task in args.tasks:
+        for head in args.heads:
+            for seed in args.seeds:
+                copy_metrics(
+                    run_dir(args, task, head) / f"seed{seed}" / "metrics.csv",
+                    csv_copy(args, task, head, seed),
                 )
-                start = time.perf_counter()
-                train(config)
-                print(f"trained {out} in {time.perf_counter() - start:.0f} s", flush=True)
-            for seed, d in zip(args.seeds, seed_dirs, strict=True):
-                copy_metrics(d / "metrics.csv", csv_copy(args, task, head, seed))
 
 
 def aggregate(args: Args) -> dict:
-    """Final return per task and head over the seeds whose runs reached ``total_steps``."""
+    """Final return per task and head over the seeds whose runs reached ``total_steps`` (or
+    ``--at-step``: then "final" is the evaluation at that step)."""
+    steps = args.at_step or args.total_steps
     table = {}
     for task in args.tasks:
         row = {}
         for head in args.heads:
             csvs = [csv_copy(args, task, head, seed) for seed in args.seeds]
-            summary = seed_summary(csvs, args.total_steps)
+            summary = seed_summary(csvs, steps)
             if summary is not None:
                 row[head] = summary
         if len(row) == len(args.heads):  # ratios of mean returns, meaningful where both are > 0
@@ -164,7 +196,9 @@ def aggregate(args: Args) -> dict:
         "tasks": table,
         "aggregate": rliable_aggregate(args, table),
     }
-    write_results(args.results, result, markdown(result))
+    # a cut-short comparison goes beside, not over, the full one
+    folder = args.results / f"at_step_{args.at_step}" if args.at_step else args.results
+    write_results(folder, result, markdown(result))
     plot(args)
     return result
 
