@@ -152,11 +152,14 @@ class SACAgent(torch.nn.Module):
             if sac.amp == "bf16"
             else contextlib.nullcontext
         )
-        # Both losses (forward and backward) as compiled graphs (--sac.compile). Optimiser
-        # steps stay eager: fused Adam is one kernel already.
+        # Both losses (forward and backward) as compiled graphs (--sac.compile), and the
+        # exploring action: the exact ERA head's solve is hundreds of small ops, which on a GPU
+        # cost one kernel launch each at every environment step. Optimiser steps stay eager:
+        # fused Adam is one kernel already.
         compile = (lambda fn: torch.compile(fn, dynamic=False)) if sac.compile else (lambda fn: fn)
         self._critic_loss = compile(self.critic_loss)
         self._actor_loss = compile(self.actor_loss)
+        self._explore = compile(self.explore)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -277,9 +280,12 @@ class SACAgent(torch.nn.Module):
             if deterministic:
                 action = self.actor.deterministic_action(obs)
             else:
-                dist = self.actor(obs)
-                action, _ = sample_from_noise(dist, self.draw(self.noise, (1, self.act_dim)))
+                action = self._explore(obs, self.draw(self.noise, (1, self.act_dim)))
         return action.squeeze(1).float().cpu().numpy()
+
+    def explore(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The policy's action on ``obs [S, 1, obs_dim]`` from the given noise."""
+        return sample_from_noise(self.actor(obs), noise)[0]
 
     @torch.no_grad()
     def entropy_stats(self, obs: torch.Tensor) -> list[dict[str, float]]:
