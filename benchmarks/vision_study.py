@@ -20,6 +20,9 @@ CE vs LS 0.1 vs ERA 0.1, seed 0. ``--report`` only tabulates and draws what has 
 
     nohup nice -n 10 python benchmarks/vision_study.py > runs/vision_study.log 2>&1 &
     python benchmarks/vision_study.py --report
+
+On a machine with a GPU the runs train there (the trainer's ``--device auto``), and
+``--workers N`` trains N of them at once, in separate processes sharing the GPU.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 import tyro
 
-from era.runs import Interrupted, read_metrics
+from era.runs import Interrupted, read_metrics, run_in_parallel
 from era.vision.data import _STATS, load_fashion_mnist
 from era.vision.head import create_model
 from era.vision.metrics import ECE_BINS, reliability_bins
@@ -74,6 +77,9 @@ class Args:
     """timm model name"""
     threads: int = 1
     """torch threads"""
+    workers: int = 1
+    """runs trained at once, one process each (on a GPU several share it: CUDA is used when
+    present)"""
     bootstrap: int = 1000
     """bootstrap resamples of the test set for the 95 % intervals"""
     runs_dir: Path = Path("runs/vision_study")
@@ -200,8 +206,9 @@ def scores(logp: torch.Tensor, labels: torch.Tensor, resamples: int) -> dict:
     return out
 
 
-def run_one(name: str, config: TrainConfig, args: Args, test) -> None:
+def run_one(job: tuple[str, TrainConfig, Args]) -> None:
     """Train (or resume) one run, evaluate it under every shift, write its JSON."""
+    name, config, args = job
     result = args.results / f"{name}.json"
     if result.exists():
         done = json.loads(result.read_text())["config"]
@@ -223,7 +230,7 @@ def run_one(name: str, config: TrainConfig, args: Args, test) -> None:
     train(dataclasses.replace(config, resume=(folder / CHECKPOINT).exists()))
     if not (folder / "final.json").exists():
         raise KeyboardInterrupt  # stopped early (Ctrl-C): resumed on the next invocation
-    images, labels = test
+    images, labels = load_fashion_mnist(train=False)
     shifts = {
         kind: scores(predict(config, corrupt(images, kind)), labels, args.bootstrap)
         for kind in SHIFTS
@@ -453,15 +460,14 @@ def main(args: Args) -> None:
     if unknown:
         raise SystemExit(f"--methods {' '.join(unknown)}: unknown; choose from {' '.join(METHODS)}")
     if not args.report:
-        test = load_fashion_mnist(train=False)
-        print(f"{len(configs(args))} runs; results in {args.results}", flush=True)
-        for name, config in configs(args):
-            try:
-                run_one(name, config, args, test)
-            except (KeyboardInterrupt, Interrupted) as e:
-                # The trainer saved its checkpoint: the next invocation resumes this run.
-                print(f"stopped during {name}; rerun the same command to continue", flush=True)
-                raise SystemExit(getattr(e, "exit_code", 130)) from None
+        jobs = [(name, config, args) for name, config in configs(args)]
+        print(f"{len(jobs)} runs; results in {args.results}", flush=True)
+        try:
+            run_in_parallel(run_one, jobs, max_workers=args.workers)
+        except (KeyboardInterrupt, Interrupted) as e:
+            # The trainers saved their checkpoints: the next invocation resumes those runs.
+            print("stopped; rerun the same command to continue", flush=True)
+            raise SystemExit(getattr(e, "exit_code", 130)) from None
     else:
         report(args)
 
