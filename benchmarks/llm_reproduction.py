@@ -168,11 +168,11 @@ def _train_one(job: tuple[Args, bool, int]) -> str:
 
 def _final_eval(args: Args, model: str, cache_dir: Path, held_out) -> dict[str, float]:
     """Greedy accuracy and pass@1..n of one model on all held-out problems (cached in
-    ``cache_dir``)."""
+    ``cache_dir``, one file per n: a cache of fewer samples has no pass@n)."""
     from era.llm.evaluate import evaluate
     from era.llm.models import load_model
 
-    cache = cache_dir / "final_eval.json"
+    cache = cache_dir / f"final_eval_{args.final_samples}_samples.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     loaded, tokenizer = load_model(model)
