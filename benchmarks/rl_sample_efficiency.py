@@ -39,6 +39,11 @@ and what bf16 autocast does to learning (SAC-ERA in float32 against the same und
         --runs runs/rl_se_bf16 --results benchmarks/results/rl_bf16_hopper_30k \\
         --figure docs/img/rl_bf16_hopper_30k.png
 
+On a machine with a GPU, ``--device cuda --compile --workers 12`` trains all twelve (task, head)
+runs of the full scale at once, sharing the GPU (start CUDA MPS first,
+``nvidia-cuda-mps-control -d``, so that their small kernels run side by side). Runs stopped
+early compare at a common step with ``--aggregate-only --at-step N``.
+
 What was run for docs/benchmarks/rl.md is in that file.
 """
 
@@ -47,6 +52,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -92,7 +98,7 @@ class Args:
     """JSON, markdown table and the runs' metrics.csv copies"""
     figure: Path = Path("docs/img/rl_sample_efficiency.png")
     """learning curves"""
-    device: str = "cpu"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
     """SAC runs' networks, replay and updates: cpu, cuda or auto (environments stay on the CPU)"""
     compile: bool = False
     """torch.compile the SAC losses (--sac.compile)"""
