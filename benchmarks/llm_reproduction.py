@@ -217,6 +217,7 @@ def _report(args: Args) -> dict:
             "seeds": len(runs),
             **{k: _mean_std([f[k] for f in finals]) for k in finals[0]},
             "final_training": _last_rows(runs),
+            "training_windows": _training_windows(runs, args.eval_every),
         }
     args.img_dir.mkdir(parents=True, exist_ok=True)
     if groups:
@@ -255,6 +256,37 @@ def _last_rows(runs: list[Path]) -> dict[str, tuple[float, float]]:
     columns = ["entropy", "response_entropy", "reward", "frac_below", "frac_scaled"]
     columns += [c for c in ("frac_zero_std",) if all(c in m for m in per_run)]  # newer runs only
     return {c: _mean_std([float(m[c][-3:].mean()) for m in per_run]) for c in columns}
+
+
+def _training_windows(runs: list[Path], width: int) -> dict[str, list[tuple[float, float]]]:
+    """Per training metric, mean ± std over seeds of its mean over steps 1..width,
+    width+1..2*width, ... read step by step from each run's TensorBoard files (where a resumed
+    run's repeated steps count once, as last logged; metrics.csv rows after a resume cover only
+    the steps since it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = ["reward", "entropy", "response_entropy", "frac_scaled"]
+    per_run = []
+    for run in runs:
+        steps = {tag: {} for tag in tags}
+        for events in sorted((run / "tb").glob("events.out.tfevents.*")):
+            accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+            accumulator.Reload()
+            logged = accumulator.Tags()["scalars"]
+            for tag in tags:
+                if f"train/{tag}" in logged:
+                    events_of_tag = accumulator.Scalars(f"train/{tag}")
+                    steps[tag].update((e.step, e.value) for e in events_of_tag)
+        per_run.append(steps)
+    if not all(r["reward"] for r in per_run):
+        return {}  # runs without TensorBoard scalars
+    last = min(max(r["reward"]) for r in per_run)
+    starts = range(0, last - last % width, width)
+
+    def window(values: dict[int, float], start: int) -> float:
+        return statistics.fmean(v for k, v in values.items() if start < k <= start + width)
+
+    return {tag: [_mean_std([window(r[tag], a) for r in per_run]) for a in starts] for tag in tags}
 
 
 def _plot_pass_at_k(summary: dict, out_png: Path, n: int) -> None:
@@ -300,7 +332,26 @@ def _table(summary: dict, n: int) -> str:
             f"{t['response_entropy'][0]:.3f} ± {t['response_entropy'][1]:.3f}",
         ]
         lines.append(f"| {label} (n={r['seeds']}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + _windows_table(summary))
+
+
+def _windows_table(summary: dict) -> list[str]:
+    """Training metrics per window of steps (``training_windows``), one row per method."""
+    rows = {label: r["training_windows"] for label, r in summary["methods"].items()}
+    if not rows or not all(rows.values()):
+        return []
+    width = summary["config"]["eval_every"]
+    spans = [
+        f"{a + 1}–{a + width}"
+        for a in range(0, width * len(next(iter(rows.values()))["reward"]), width)
+    ]
+    lines = ["", "| method | training metric (mean over steps) | " + " | ".join(spans) + " |"]
+    lines.append("|" + "---|" * (len(spans) + 2))
+    for label, windows in rows.items():
+        for tag, values in windows.items():
+            cells = [f"{mean:.3f} ± {std:.3f}" for mean, std in values]
+            lines.append(f"| {label} | {tag} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _prepare_tiny_start(args: Args) -> None:
