@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,13 +212,14 @@ def _report(args: Args) -> dict:
         runs = [r for r in runs if (r / "final" / "config.json").is_file()]
         if not runs:
             continue
-        groups[label] = [r / "metrics.csv" for r in runs]
+        windows = [_window_csv(r, args.eval_every) for r in runs]
+        groups[label] = windows if all(windows) else [r / "metrics.csv" for r in runs]
         finals = [_final_eval(args, str(r / "final"), r / "final", held_out) for r in runs]
         summary["methods"][label] = {
             "seeds": len(runs),
             **{k: _mean_std([f[k] for f in finals]) for k in finals[0]},
             "final_training": _last_rows(runs),
-            "training_windows": _training_windows(runs, args.eval_every),
+            "training_windows": _windows_mean_std(windows) if all(windows) else {},
         }
     args.img_dir.mkdir(parents=True, exist_ok=True)
     if groups:
@@ -258,35 +260,57 @@ def _last_rows(runs: list[Path]) -> dict[str, tuple[float, float]]:
     return {c: _mean_std([float(m[c][-3:].mean()) for m in per_run]) for c in columns}
 
 
-def _training_windows(runs: list[Path], width: int) -> dict[str, list[tuple[float, float]]]:
-    """Per training metric, mean ± std over seeds of its mean over steps 1..width,
-    width+1..2*width, ... read step by step from each run's TensorBoard files (where a resumed
-    run's repeated steps count once, as last logged; metrics.csv rows after a resume cover only
-    the steps since it)."""
+WINDOW_TAGS = ("reward", "entropy", "response_entropy", "frac_scaled")
+
+
+def _window_csv(run: Path, width: int) -> Path | None:
+    """``run/training_windows.csv``: each training metric's mean over steps 1..width,
+    width+1..2*width, ..., beside the held-out pass@1 evaluated at the window's last step.
+
+    Read step by step from the run's TensorBoard files, where a resumed run's repeated steps
+    count once, as last logged (a metrics.csv row after a resume covers only the steps since
+    it). None if the run has no TensorBoard scalars.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tags = ["reward", "entropy", "response_entropy", "frac_scaled"]
-    per_run = []
-    for run in runs:
-        steps = {tag: {} for tag in tags}
-        for events in sorted((run / "tb").glob("events.out.tfevents.*")):
-            accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-            accumulator.Reload()
-            logged = accumulator.Tags()["scalars"]
-            for tag in tags:
-                if f"train/{tag}" in logged:
-                    events_of_tag = accumulator.Scalars(f"train/{tag}")
-                    steps[tag].update((e.step, e.value) for e in events_of_tag)
-        per_run.append(steps)
-    if not all(r["reward"] for r in per_run):
-        return {}  # runs without TensorBoard scalars
-    last = min(max(r["reward"]) for r in per_run)
-    starts = range(0, last - last % width, width)
+    from era.runs import read_metrics
 
-    def window(values: dict[int, float], start: int) -> float:
-        return statistics.fmean(v for k, v in values.items() if start < k <= start + width)
+    steps = {tag: {} for tag in WINDOW_TAGS}
+    for events in sorted((run / "tb").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        logged = accumulator.Tags()["scalars"]
+        for tag in WINDOW_TAGS:
+            if f"train/{tag}" in logged:
+                steps[tag].update((e.step, e.value) for e in accumulator.Scalars(f"train/{tag}"))
+    if not steps["reward"]:
+        return None
+    evaluations = read_metrics(run / "metrics.csv")
+    pass_at_1 = dict(
+        zip(evaluations["step"].tolist(), evaluations["eval_pass@1"].tolist(), strict=True)
+    )
+    rows = [("step", *WINDOW_TAGS, "eval_pass@1")]
+    for end in range(width, max(steps["reward"]) + 1, width):
+        means = [
+            statistics.fmean(v for k, v in steps[tag].items() if end - width < k <= end)
+            for tag in WINDOW_TAGS
+        ]
+        rows.append((end, *means, pass_at_1.get(end, math.nan)))
+    out = run / "training_windows.csv"
+    out.write_text("".join(",".join(map(str, row)) + "\n" for row in rows))
+    return out
 
-    return {tag: [_mean_std([window(r[tag], a) for r in per_run]) for a in starts] for tag in tags}
+
+def _windows_mean_std(csvs: list[Path]) -> dict[str, list[tuple[float, float]]]:
+    """Per training metric, mean ± std over seeds of each window (:func:`_window_csv`)."""
+    from era.runs import read_metrics
+
+    per_run = [read_metrics(path) for path in csvs]
+    count = min(len(r["step"]) for r in per_run)
+    return {
+        tag: [_mean_std([float(r[tag][i]) for r in per_run]) for i in range(count)]
+        for tag in WINDOW_TAGS
+    }
 
 
 def _plot_pass_at_k(summary: dict, out_png: Path, n: int) -> None:
