@@ -108,7 +108,8 @@ def test_resume_continues_without_duplicate_rows(init_dir, tmp_path):
     main([*common, "--steps", "3", "--resume", "--gradient-checkpointing"])
     metrics = read_metrics(out / "metrics.csv")
     assert list(metrics["step"]) == [0, 1, 2, 3]
-    assert (out / "checkpoint-3").is_dir()
+    # the last two checkpoints are kept (a real model's is GBs)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
 
 
 def test_eval_command_writes_json(init_dir, tmp_path):

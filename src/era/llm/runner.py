@@ -186,6 +186,7 @@ def _trainer_config(cfg: TrainConfig) -> ERAGRPOConfig:
         logging_steps=1,
         save_steps=cfg.save_every,
         save_strategy="steps",
+        save_total_limit=2,  # resuming needs the last; a real model's checkpoint is GBs
         report_to="none",
         disable_tqdm=True,
         use_cpu=cpu,  # without it, transformers runs CPU processes as independent copies (gloo)
