@@ -31,6 +31,13 @@ other jobs, CPU time measures the work each implementation does, wall time mostl
 The vectorised-env comparison is the exception: its worker processes' CPU time is not ours to
 count, so it uses wall time and is only indicative.
 
+When torch sees a GPU (and ``--gpu``, the default), the table gains GPU rows: Stable-Baselines3
+and our vectorised SAC and SAC-ERA exact (eager and compiled) with networks, replay buffer and
+updates on CUDA, environments on the CPU (``--device cuda`` of ``era rl train``). A GPU works
+asynchronously, so these rows are timed in wall time with the device synchronised at each
+reading; their limit is the GPU's rate for the same 256x256x256 product (launch overhead
+included: that is the size an update multiplies), and their ``x SB3`` is against SB3 on the GPU.
+
     OMP_NUM_THREADS=1 python benchmarks/rl_throughput.py --env Hopper-v5 --repeats 3
 
 (``--steps 300 --repeats 1`` for the quick run on a loaded machine.)
@@ -62,6 +69,18 @@ Update = Callable[[], object]
 cpu_clock = time.process_time
 
 
+def wall_clock(device: str) -> float:
+    """Wall time after the device's queued work has finished (a GPU runs asynchronously)."""
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def clock_for(device: str) -> Callable[[], float]:
+    """The clock of one device's rows: this process's CPU time on the CPU, wall time on a GPU."""
+    return cpu_clock if device == "cpu" else lambda: wall_clock(device)
+
+
 @dataclass
 class Args:
     env: str = "Hopper-v5"
@@ -86,6 +105,8 @@ class Args:
     """seeds of the vectorised rows"""
     train_loops: bool = True
     """also time the full training loops (train env steps/s), not only the updates"""
+    gpu: bool = True
+    """also time SB3 and our vectorised rows on CUDA when torch sees a GPU"""
     out: Path = Path("benchmarks/results/rl_throughput.json")
     """JSON result"""
 
@@ -225,18 +246,20 @@ def run_reference(args: Args) -> tuple[float, Update]:
 # --- Stable-Baselines3 ---
 
 
-def run_sb3(args: Args) -> tuple[float, Update]:
+def run_sb3(args: Args, device: str = "cpu") -> tuple[float, Update]:
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
     from era.rl.envs import make_env
+
+    clock = clock_for(device)
 
     class StartClock(BaseCallback):
         """Note the time when the warm-up ends; SB3 trains from then on."""
 
         def _on_step(self) -> bool:
             if self.num_timesteps == args.warmup:
-                self.start = cpu_clock()
+                self.start = clock()
             return True
 
     model = SAC(
@@ -248,17 +271,20 @@ def run_sb3(args: Args) -> tuple[float, Update]:
         gradient_steps=1,
         buffer_size=args.warmup + args.steps,
         policy_kwargs={"net_arch": [args.hidden, args.hidden], "activation_fn": nn.ELU},
-        device="cpu",
+        device=device,
         seed=0,
     )
-    clock = StartClock()
-    model.learn(args.warmup + args.steps, callback=clock)
-    train_sps = args.steps / (cpu_clock() - clock.start)
+    start_clock = StartClock()
+    model.learn(args.warmup + args.steps, callback=start_clock)
+    train_sps = args.steps / (clock() - start_clock.start)
     return train_sps, lambda: model.train(gradient_steps=1, batch_size=args.batch_size)
 
 
-def time_updates(updates: dict[str, Update], blocks: int, per_block: int) -> dict[str, float]:
-    """Gradient updates per second of each implementation on its own filled buffer.
+def time_updates(
+    updates: dict[str, Update], clocks: dict[str, Callable[[], float]], blocks: int, per_block: int
+) -> dict[str, float]:
+    """Gradient updates per second of each implementation on its own filled buffer, read on
+    its own clock (``clock_for``).
 
     Finely interleaved (``per_block`` updates of each in turn, ``blocks`` times) so that the
     load of other processes, which changes by the second on a shared machine, falls on all of
@@ -270,10 +296,11 @@ def time_updates(updates: dict[str, Update], blocks: int, per_block: int) -> dic
     seconds = dict.fromkeys(updates, 0.0)
     for _ in range(blocks):
         for name, update in updates.items():
-            start = cpu_clock()
+            clock = clocks[name]
+            start = clock()
             for _ in range(per_block):
                 update()
-            seconds[name] += cpu_clock() - start
+            seconds[name] += clock() - start
     return {name: blocks * per_block / t for name, t in seconds.items()}
 
 
@@ -289,6 +316,7 @@ class Ours:
     seeds: int = 1
     amp: str = "none"
     compile: bool = False
+    device: str = "cpu"
 
     @property
     def name(self) -> str:
@@ -296,6 +324,7 @@ class Ours:
         extras = [f"{self.seeds} seeds vectorised" if self.seeds > 1 else "1 seed"]
         extras += ["bf16"] if self.amp == "bf16" else []
         extras += ["compiled"] if self.compile else []
+        extras += [self.device] if self.device != "cpu" else []
         return f"ours ({head}; {', '.join(extras)})"
 
 
@@ -309,21 +338,22 @@ def run_ours(args: Args, ours: Ours) -> tuple[float, Update, float]:
     sac = SACConfig(hidden=args.hidden, batch_size=args.batch_size, learning_starts=args.warmup,
                     compile=ours.compile, amp=ours.amp)  # fmt: skip
     config = TrainConfig(env=args.env, head=ours.head, era_mode=ours.era_mode, sac=sac,
-                         progress=False)  # fmt: skip
+                         device=ours.device, progress=False)  # fmt: skip
     envs, agent = build(config, list(range(ours.seeds)))
     envs = envs if isinstance(envs, list) else [envs]
     obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
-    buffer = ReplayBuffer(args.warmup + args.steps, obs_dim, act_dim, ours.seeds)
+    buffer = ReplayBuffer(args.warmup + args.steps, obs_dim, act_dim, ours.seeds, agent.device)
+    clock = clock_for(ours.device)
     obs = np.stack([e.obs[0] for e in envs])
     steps = args.steps if args.train_loops else 0
     start, first_call_s = 0.0, 0.0
     for step in range(args.warmup + steps):
         if step == args.warmup:
-            wall = time.perf_counter()
+            wall = wall_clock(ours.device)
             agent.update(*agent.sample_batch(buffer))
             agent.act(obs)
-            first_call_s = time.perf_counter() - wall
-            start = cpu_clock()
+            first_call_s = wall_clock(ours.device) - wall
+            start = clock()
         if step < args.warmup:
             action = (agent.draw("uniform", (act_dim,), stream="explore") * 2 - 1).numpy()
         else:
@@ -335,7 +365,7 @@ def run_ours(args: Args, ours: Ours) -> tuple[float, Update, float]:
         if step >= args.warmup:
             agent.update(*agent.sample_batch(buffer))
     if args.train_loops:
-        train_sps = ours.seeds * args.steps / (cpu_clock() - start)
+        train_sps = ours.seeds * args.steps / (clock() - start)
     else:
         agent.update(*agent.sample_batch(buffer))
         train_sps = float("nan")
@@ -363,17 +393,22 @@ def update_flops(args: Args, obs_dim: int, act_dim: int) -> float:
     return float(critic_step + actor_step)
 
 
-def matmul_gflops(dtype: torch.dtype, size: int = 256, seconds: float = 1.0) -> float:
-    """GFLOP/s of one ``size^3`` matrix product on one thread (this process's CPU time)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def matmul_gflops(
+    dtype: torch.dtype, device: str = "cpu", size: int = 256, seconds: float = 1.0
+) -> float:
+    """GFLOP/s of one ``size^3`` matrix product on ``device`` (on the CPU one thread, this
+    process's CPU time), read on the clock of that device's rows."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     for _ in range(10):
         a @ b
-    n, start = 0, cpu_clock()
-    while cpu_clock() - start < seconds:
+    clock = clock_for(device)
+    n, start = 0, clock()
+    while clock() - start < seconds:
         for _ in range(20):
             a @ b
         n += 20
-    return 2 * size**3 * n / (cpu_clock() - start) / 1e9
+    return 2 * size**3 * n / (clock() - start) / 1e9
 
 
 # --- vectorised stepping: SyncVectorEnv (our choice) against AsyncVectorEnv ---
@@ -400,6 +435,22 @@ def run_vector(args: Args, asynchronous: bool, num_envs: int = 4, steps: int = 5
     return sps
 
 
+SB3_ROW = {"cpu": "Stable-Baselines3 SAC", "cuda": "Stable-Baselines3 SAC (cuda)"}
+
+
+def rate_key(device: str, amp: str) -> str:
+    """Key of a matmul rate: ``none`` / ``bf16`` on the CPU, ``cuda none`` / ``cuda bf16``."""
+    return amp if device == "cpu" else f"{device} {amp}"
+
+
+def matmul_rates(devices: list[str]) -> dict[str, float]:
+    """fp32 and bf16 matmul rates on each device, keyed by ``rate_key``."""
+    dtypes = {"none": torch.float32, "bf16": torch.bfloat16}
+    return {
+        rate_key(d, amp): matmul_gflops(dtype, d) for d in devices for amp, dtype in dtypes.items()
+    }
+
+
 def main(args: Args) -> dict:
     torch.set_num_threads(1)
     # An empty inductor cache, so that the first compile is timed as on a fresh machine.
@@ -416,20 +467,33 @@ def main(args: Args) -> dict:
             Ours("alpha", amp="bf16", compile=True, **vector),
             Ours("era", "exact", amp="bf16", compile=True, **vector),
         ]  # fmt: skip
+    devices = ["cpu"] + (["cuda"] if args.gpu and torch.cuda.is_available() else [])
     runs: dict[str, Callable[[], tuple]] = {
-        "Stable-Baselines3 SAC": lambda: run_sb3(args),
+        SB3_ROW["cpu"]: lambda: run_sb3(args),
         "CleanRL-style reference": lambda: run_reference(args),
     }
+    if "cuda" in devices:
+        gpu = dict(seeds=args.seeds, device="cuda")
+        configs += [Ours("alpha", **gpu), Ours("era", "exact", **gpu)]
+        if args.compiled:
+            configs += [
+                Ours("alpha", compile=True, **gpu), Ours("era", "exact", compile=True, **gpu),
+                Ours("alpha", amp="bf16", compile=True, **gpu),
+                Ours("era", "exact", amp="bf16", compile=True, **gpu),
+            ]  # fmt: skip
+        runs[SB3_ROW["cuda"]] = lambda: run_sb3(args, "cuda")
     seeds_of = {name: 1 for name in runs}
+    device_of = {name: "cuda" if name == SB3_ROW["cuda"] else "cpu" for name in runs}
     amp_of = {name: "none" for name in runs}
     for ours in configs:
         runs[ours.name] = lambda ours=ours: run_ours(args, ours)
         seeds_of[ours.name], amp_of[ours.name] = ours.seeds, ours.amp
+        device_of[ours.name] = ours.device
     probe = make_vector_env(args.env, seed=0)
     flops = update_flops(args, probe.single_observation_space.shape[0],
                          probe.single_action_space.shape[0])  # fmt: skip
     probe.close()
-    gflops = {"none": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    gflops = matmul_rates(devices)
     print(f"matmul 256^3, one thread: fp32 {gflops['none']:.0f}, bf16 {gflops['bf16']:.0f} "
           f"GFLOP/s; one SAC update {flops / 1e9:.3f} GFLOP", flush=True)  # fmt: skip
     train_sps: dict[str, list[float]] = {name: [] for name in runs}
@@ -447,8 +511,9 @@ def main(args: Args) -> dict:
             vector_env[name].append(run_vector(args, asynchronous=name.startswith("Async")))
             print(f"[{rep + 1}/{args.repeats}] {name}: {vector_env[name][-1]:.0f} steps/s",
                   flush=True)  # fmt: skip
-    update_rate = time_updates(updates, args.blocks, args.per_block)
-    gflops_after = {"none": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    clocks = {name: clock_for(device_of[name]) for name in runs}
+    update_rate = time_updates(updates, clocks, args.blocks, args.per_block)
+    gflops_after = matmul_rates(devices)
     limit = {k: (gflops[k] + gflops_after[k]) / 2 * 1e9 / flops for k in gflops}
     table = {}
     for n in runs:
@@ -456,11 +521,12 @@ def main(args: Args) -> dict:
         table[n] = {
             "train_sps": statistics.median(train_sps[n]),
             "seed_updates_per_s": seed_updates,
-            "percent_of_limit": 100 * seed_updates / limit[amp_of[n]],
+            "percent_of_limit": 100 * seed_updates / limit[rate_key(device_of[n], amp_of[n])],
         }
-    sb3 = table["Stable-Baselines3 SAC"]["seed_updates_per_s"]
-    for row in table.values():
-        row["over_sb3"] = row["seed_updates_per_s"] / sb3
+    for n, row in table.items():
+        row["over_sb3"] = (
+            row["seed_updates_per_s"] / table[SB3_ROW[device_of[n]]]["seed_updates_per_s"]
+        )
     era_over_alpha = {}
     for ours in configs:
         if ours.head == "era":
@@ -495,6 +561,14 @@ def markdown(result: dict) -> str:
         f"GFLOP/s, bf16 {g0['bf16']:.0f} / {g1['bf16']:.0f} GFLOP/s (before / after the "
         f"timings); one SAC update of one seed is {result['update_gflop']:.3f} GFLOP of "
         "matrix products.",
+    ]
+    if "cuda none" in g0:
+        lines.append(
+            f"On the GPU (wall time, synchronised): fp32 {g0['cuda none']:.0f} / "
+            f"{g1['cuda none']:.0f} GFLOP/s, bf16 {g0['cuda bf16']:.0f} / {g1['cuda bf16']:.0f} "
+            "GFLOP/s; the cuda rows' × SB3 is against SB3 on the GPU."
+        )
+    lines += [
         "",
         "| implementation | train seed-steps/s | seed-updates/s | × SB3 | % of matmul limit |",
         "|---|---:|---:|---:|---:|",
