@@ -208,8 +208,10 @@ def _report(args: Args) -> dict:
     }
     groups = {}
     for label, era in args.methods.items():
-        runs = [_run_dir(args, era, s) for s in args.seeds]
-        runs = [r for r in runs if (r / "final" / "config.json").is_file()]
+        seeds = [
+            s for s in args.seeds if (_run_dir(args, era, s) / "final" / "config.json").is_file()
+        ]
+        runs = [_run_dir(args, era, s) for s in seeds]
         if not runs:
             continue
         windows = [_window_csv(r, args.eval_every) for r in runs]
@@ -220,6 +222,7 @@ def _report(args: Args) -> dict:
             **{k: _mean_std([f[k] for f in finals]) for k in finals[0]},
             "final_training": _last_rows(runs),
             "training_windows": _windows_mean_std(windows) if all(windows) else {},
+            "per_seed": dict(zip(map(str, seeds), finals, strict=True)),
         }
     args.img_dir.mkdir(parents=True, exist_ok=True)
     if groups:
@@ -337,9 +340,13 @@ def _plot_pass_at_k(summary: dict, out_png: Path, n: int) -> None:
 
 
 def _table(summary: dict, n: int) -> str:
+    """Final evaluation (mean ± std over seeds) with the training entropies at the end of
+    training, then each seed's final evaluation and the training metrics per window of steps."""
     ks = [k for k in (1, 2, 4, 8, 16) if k <= n]
+    windows = all(r["training_windows"] for r in summary["methods"].values())
+    end = f"last {summary['config']['eval_every']} steps" if windows else "last 3 rows"
     head = "| model | greedy acc. | " + " | ".join(f"pass@{k}" for k in ks)
-    head += " | token entropy (end) | response entropy (end) |"
+    head += f" | token entropy ({end}) | response entropy ({end}) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     ws = summary["warm_start"]
     lines.append(
@@ -350,13 +357,24 @@ def _table(summary: dict, n: int) -> str:
     for label, r in summary["methods"].items():
         cells = [f"{r['accuracy'][0]:.3f} ± {r['accuracy'][1]:.3f}"]
         cells += [f"{r[f'pass@{k}'][0]:.3f} ± {r[f'pass@{k}'][1]:.3f}" for k in ks]
+        # The windows count a resumed run's steps once; metrics.csv rows after a resume do not.
         t = r["final_training"]
-        cells += [
-            f"{t['entropy'][0]:.3f} ± {t['entropy'][1]:.3f}",
-            f"{t['response_entropy'][0]:.3f} ± {t['response_entropy'][1]:.3f}",
-        ]
+        for tag in ("entropy", "response_entropy"):
+            mean, std = r["training_windows"][tag][-1] if windows else t[tag]
+            cells.append(f"{mean:.3f} ± {std:.3f}")
         lines.append(f"| {label} (n={r['seeds']}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines + _windows_table(summary))
+    return "\n".join(lines + _seeds_table(summary, ks) + _windows_table(summary))
+
+
+def _seeds_table(summary: dict, ks: list[int]) -> list[str]:
+    """Each seed's final evaluation: with a few seeds, the spread is the finding."""
+    head = "| method | seed | greedy acc. | " + " | ".join(f"pass@{k}" for k in ks) + " |"
+    lines = ["", head, "|" + "---|" * (head.count("|") - 1)]
+    for label, r in summary["methods"].items():
+        for seed, final in r["per_seed"].items():
+            cells = [f"{final['accuracy']:.3f}"] + [f"{final[f'pass@{k}']:.3f}" for k in ks]
+            lines.append(f"| {label} | {seed} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _windows_table(summary: dict) -> list[str]:
