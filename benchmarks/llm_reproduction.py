@@ -208,10 +208,9 @@ def _report(args: Args) -> dict:
     }
     groups = {}
     for label, era in args.methods.items():
-        seeds = [
-            s for s in args.seeds if (_run_dir(args, era, s) / "final" / "config.json").is_file()
-        ]
-        runs = [_run_dir(args, era, s) for s in seeds]
+        finished = {s: _run_dir(args, era, s) for s in args.seeds}
+        finished = {s: r for s, r in finished.items() if (r / "final" / "config.json").is_file()}
+        runs = list(finished.values())
         if not runs:
             continue
         windows = [_window_csv(r, args.eval_every) for r in runs]
@@ -222,7 +221,7 @@ def _report(args: Args) -> dict:
             **{k: _mean_std([f[k] for f in finals]) for k in finals[0]},
             "final_training": _last_rows(runs),
             "training_windows": _windows_mean_std(windows) if all(windows) else {},
-            "per_seed": dict(zip(map(str, seeds), finals, strict=True)),
+            "per_seed": dict(zip(map(str, finished), finals, strict=True)),
         }
     args.img_dir.mkdir(parents=True, exist_ok=True)
     if groups:
@@ -378,7 +377,7 @@ def _seeds_table(summary: dict, ks: list[int]) -> list[str]:
 
 
 def _windows_table(summary: dict) -> list[str]:
-    """Training metrics per window of steps (``training_windows``), one row per method."""
+    """Training metrics per window of steps (``training_windows``), a row per method and metric."""
     rows = {label: r["training_windows"] for label, r in summary["methods"].items()}
     if not rows or not all(rows.values()):
         return []

@@ -451,6 +451,15 @@ def matmul_rates(devices: list[str]) -> dict[str, float]:
     }
 
 
+def compiled_rows(**common) -> list[Ours]:
+    """SAC(auto-alpha) and SAC-ERA exact compiled, fp32 then bf16, with ``common`` settings."""
+    return [
+        Ours(head, "exact", amp=amp, compile=True, **common)
+        for amp in ("none", "bf16")
+        for head in ("alpha", "era")
+    ]
+
+
 def main(args: Args) -> dict:
     torch.set_num_threads(1)
     # An empty inductor cache, so that the first compile is timed as on a fresh machine.
@@ -462,11 +471,7 @@ def main(args: Args) -> dict:
         Ours("alpha", amp="bf16", **vector), Ours("era", "exact", amp="bf16", **vector),
     ]  # fmt: skip
     if args.compiled:
-        configs += [
-            Ours("alpha", compile=True, **vector), Ours("era", "exact", compile=True, **vector),
-            Ours("alpha", amp="bf16", compile=True, **vector),
-            Ours("era", "exact", amp="bf16", compile=True, **vector),
-        ]  # fmt: skip
+        configs += compiled_rows(**vector)
     devices = ["cpu"] + (["cuda"] if args.gpu and torch.cuda.is_available() else [])
     runs: dict[str, Callable[[], tuple]] = {
         SB3_ROW["cpu"]: lambda: run_sb3(args),
@@ -476,11 +481,7 @@ def main(args: Args) -> dict:
         gpu = dict(seeds=args.seeds, device="cuda")
         configs += [Ours("alpha", **gpu), Ours("era", "exact", **gpu)]
         if args.compiled:
-            configs += [
-                Ours("alpha", compile=True, **gpu), Ours("era", "exact", compile=True, **gpu),
-                Ours("alpha", amp="bf16", compile=True, **gpu),
-                Ours("era", "exact", amp="bf16", compile=True, **gpu),
-            ]  # fmt: skip
+            configs += compiled_rows(**gpu)
         runs[SB3_ROW["cuda"]] = lambda: run_sb3(args, "cuda")
     seeds_of = {name: 1 for name in runs}
     device_of = {name: "cuda" if name == SB3_ROW["cuda"] else "cpu" for name in runs}
