@@ -59,6 +59,7 @@ import tyro
 from _rl_common import args_json, copy_metrics, is_finished, mean_std, seed_summary, write_results
 
 from era.rl.config import SACConfig, TrainConfig
+from era.runs import Interrupted
 
 # name: (algorithm, head, ERA mode, SAC autocast); the bf16 names test what bf16 does to learning
 HEADS = {
@@ -170,14 +171,15 @@ def train_all(args: Args) -> None:
                 print(f"done already: {out}", flush=True)
             else:
                 todo.append(run_config(args, task, head))
-    run_in_parallel(train_one, todo, max_workers=args.workers)
-    for task in args.tasks:
-        for head in args.heads:
-            for seed in args.seeds:
-                copy_metrics(
-                    run_dir(args, task, head) / f"seed{seed}" / "metrics.csv",
-                    csv_copy(args, task, head, seed),
-                )
+    try:
+        run_in_parallel(train_one, todo, max_workers=args.workers)
+    finally:  # after Ctrl-C too: the curves of stopped runs are results up to their last step
+        for task in args.tasks:
+            for head in args.heads:
+                for seed in args.seeds:
+                    source = run_dir(args, task, head) / f"seed{seed}" / "metrics.csv"
+                    if source.exists():
+                        copy_metrics(source, csv_copy(args, task, head, seed))
 
 
 def aggregate(args: Args) -> dict:
@@ -370,7 +372,12 @@ def main(args: Args) -> dict:
     if unknown or len(args.heads) < 2:
         raise SystemExit(f"--heads {args.heads}: give two or more of {list(HEADS)}")
     if not args.aggregate_only:
-        train_all(args)
+        try:
+            train_all(args)
+        except (KeyboardInterrupt, Interrupted) as e:
+            # The runs saved their checkpoints: the next invocation resumes them.
+            print("stopped; rerun the same command to continue", flush=True)
+            raise SystemExit(getattr(e, "exit_code", 130)) from None
     result = aggregate(args)
     print(markdown(result))
     return result
