@@ -122,6 +122,16 @@ def csv_copy(args: Args, task: str, head: str, seed: int) -> Path:
     return args.results / task.replace("/", "_") / head / f"seed{seed}" / "metrics.csv"
 
 
+def last_step(args: Args, task: str, head: str) -> int:
+    """The step a finished run of ``head`` ends at: ``--total-steps``, or for PPO the end of its
+    last whole rollout (1M steps in rollouts of 2,048 end at 999,424)."""
+    config = run_config(args, task, head)
+    if config.algo != "ppo":
+        return args.total_steps
+    rollout = config.ppo.num_envs * config.ppo.num_steps
+    return args.total_steps // rollout * rollout
+
+
 def run_config(args: Args, task: str, head: str) -> TrainConfig:
     """The vectorised run of every seed of one (task, head)."""
     algo, policy, mode, amp = HEADS[head]
@@ -167,7 +177,8 @@ def train_all(args: Args) -> None:
     for task in args.tasks:
         for head in args.heads:
             out = run_dir(args, task, head)
-            if all(is_finished(out / f"seed{seed}", args.total_steps) for seed in args.seeds):
+            end = last_step(args, task, head)
+            if all(is_finished(out / f"seed{seed}", end) for seed in args.seeds):
                 print(f"done already: {out}", flush=True)
             else:
                 todo.append(run_config(args, task, head))
@@ -183,15 +194,14 @@ def train_all(args: Args) -> None:
 
 
 def aggregate(args: Args) -> dict:
-    """Final return per task and head over the seeds whose runs reached ``total_steps`` (or
+    """Final return per task and head over the seeds whose runs finished (or reached
     ``--at-step``: then "final" is the evaluation at that step)."""
-    steps = args.at_step or args.total_steps
     table = {}
     for task in args.tasks:
         row = {}
         for head in args.heads:
             csvs = [csv_copy(args, task, head, seed) for seed in args.seeds]
-            summary = seed_summary(csvs, steps)
+            summary = seed_summary(csvs, args.at_step or last_step(args, task, head))
             if summary is not None:
                 row[head] = summary
         if len(row) == len(args.heads):  # ratios of mean returns, meaningful where both are > 0
