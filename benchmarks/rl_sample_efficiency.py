@@ -2,7 +2,7 @@
 (and, with ``--heads``, PPO-ERA against PPO).
 
 Each (task, head) is one vectorised run of all ``--seeds`` (``era.rl.train`` with ``seeds``:
-the seeds stacked in one process for SAC, one process per seed for PPO) into
+the seeds stacked in one process for SAC, one process per seed for PPO, all at once) into
 ``RUNS/TASK/HEAD/seedN``. Finished runs (every seed's ``summary.json`` at the full step count)
 are skipped and interrupted ones resumed, so the script can be killed and restarted at any time.
 Afterwards (or with ``--aggregate-only``) it writes, per task and head, the final evaluation
@@ -104,7 +104,8 @@ class Args:
     compile: bool = False
     """torch.compile the SAC losses (--sac.compile)"""
     workers: int = 1
-    """(task, head) runs trained at once, one process each (several share one GPU well)"""
+    """(task, head) runs trained at once, one process each (several share one GPU well; a PPO
+    run starts one more process per seed)"""
     aggregate_only: bool = False
     """skip training; rebuild the tables and figure from the copied CSVs"""
     at_step: int | None = None
@@ -143,6 +144,7 @@ def run_config(args: Args, task: str, head: str) -> TrainConfig:
         era_mode=mode,
         total_steps=args.total_steps,
         seeds=args.seeds,
+        workers=len(args.seeds),  # PPO: every seed in its own process at once (SAC: one process)
         device=args.device if algo == "sac" else "cpu",
         out=out,
         eval_every=args.eval_every,

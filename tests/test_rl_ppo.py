@@ -12,7 +12,7 @@ from rl_helpers import interrupt_after, rows
 from era.rl import PPOConfig, TrainConfig, train
 from era.rl import ppo as ppo_module
 from era.rl.ppo import RunningMeanStd, gae
-from era.runs import CHECKPOINT, load_checkpoint
+from era.runs import CHECKPOINT, RunError, load_checkpoint
 
 
 def tiny(tmp_path, **overrides) -> TrainConfig:
@@ -72,6 +72,27 @@ def test_interrupted_and_resumed_run_matches_unsplit_run(tmp_path, monkeypatch):
         if not tag.endswith(("sps", "time_s")):
             assert split_tb[tag] == events, tag
         assert [s for s, _ in split_tb[tag]] == [s for s, _ in events], tag
+
+
+def untimed_rows(run_dir) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if k not in ("sps", "time_s")} for r in rows(run_dir)]
+
+
+def test_resume_starts_the_seeds_that_a_stop_left_unstarted(tmp_path):
+    """A stop cancels the seeds that had not started (``run_in_parallel``): ``resume`` continues
+    the seeds with a checkpoint and starts those with no folder, as a fresh run would."""
+    config = tiny(tmp_path, seeds=[0, 1], workers=1, total_steps=128)
+    train(dataclasses.replace(config, seeds=[0]))  # stopped before seed 1 started
+    train(dataclasses.replace(config, resume=True, total_steps=256))
+    for seed in (0, 1):
+        assert [int(r["step"]) for r in rows(config.out / f"seed{seed}")] == [128, 256]
+    (fresh,) = train(tiny(tmp_path, seed=1, out=tmp_path / "fresh"))
+    assert untimed_rows(config.out / "seed1") == untimed_rows(fresh)
+    # a folder with run files but no checkpoint is still not ours to start over
+    (config.out / "seed2").mkdir()
+    (config.out / "seed2" / "metrics.csv").write_text("step\n")
+    with pytest.raises(RunError, match="no checkpoint"):
+        train(dataclasses.replace(config, seeds=[0, 1, 2], resume=True, total_steps=384))
 
 
 def tb_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:

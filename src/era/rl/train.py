@@ -31,15 +31,25 @@ def train(config: TrainConfig) -> list[Path]:
     """
     if not config.seeds:
         return [train_one(config)]
+    vectorised = config.algo == "sac" and config.seed_mode == "vector"
     jobs = [dataclasses.replace(config.for_seed(s), progress=False) for s in config.seeds]
+    if config.resume and not vectorised:
+        # A stop cancels the seeds that had not started: on --resume they start now.
+        jobs = [
+            job if _holds_files(job.out) else dataclasses.replace(job, resume=False) for job in jobs
+        ]
     for job in jobs:
         check_folder(job)
-    if config.algo == "sac" and config.seed_mode == "vector":
+    if vectorised:
         torch.set_num_threads(config.threads)
         return sac.train_seeds([config.for_seed(s) for s in config.seeds])
     ALGORITHMS[config.algo].build(jobs[0])[0].close()  # a bad env or target fails here
     run_in_parallel(train_one, jobs, max_workers=min(config.workers, len(jobs)))
     return [job.out for job in jobs]
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def train_one(config: TrainConfig) -> Path:
