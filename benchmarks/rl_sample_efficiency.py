@@ -150,7 +150,7 @@ def run_config(args: Args, task: str, head: str) -> TrainConfig:
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
         checkpoint_every=args.eval_every,
-        resume=all((out / f"seed{seed}" / "checkpoint.pt").exists() for seed in args.seeds),
+        resume=any((out / f"seed{seed}" / "checkpoint.pt").exists() for seed in args.seeds),
         progress=False,
         sac=SACConfig(
             hidden=args.hidden,
