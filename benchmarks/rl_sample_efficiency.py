@@ -3,8 +3,9 @@
 
 Each (task, head) is one vectorised run of all ``--seeds`` (``era.rl.train`` with ``seeds``:
 the seeds stacked in one process for SAC, one process per seed for PPO, all at once) into
-``RUNS/TASK/HEAD/seedN``. Finished runs (every seed's ``summary.json`` at the full step count)
-are skipped and interrupted ones resumed, so the script can be killed and restarted at any time.
+``RUNS/TASK/HEAD/seedN``. Finished runs (every seed's ``summary.json`` at the full step count,
+for PPO at its last whole rollout) are skipped and interrupted ones resumed, so the script can
+be killed and restarted at any time.
 Afterwards (or with ``--aggregate-only``) it writes, per task and head, the final evaluation
 return and the return averaged over all evaluations (a learning-curve area), as mean and std over
 seeds; copies each run's ``metrics.csv`` beside the JSON (so everything can be rebuilt without
