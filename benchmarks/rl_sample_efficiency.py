@@ -124,14 +124,13 @@ def csv_copy(args: Args, task: str, head: str, seed: int) -> Path:
     return args.results / task.replace("/", "_") / head / f"seed{seed}" / "metrics.csv"
 
 
-def last_step(args: Args, task: str, head: str) -> int:
-    """The step a finished run of ``head`` ends at: ``--total-steps``, or for PPO the end of its
-    last whole rollout (1M steps in rollouts of 2,048 end at 999,424)."""
-    config = run_config(args, task, head)
+def last_step(config: TrainConfig) -> int:
+    """The step a finished run ends at: ``total_steps``, or for PPO the end of its last whole
+    rollout (1M steps in rollouts of 2,048 end at 999,424)."""
     if config.algo != "ppo":
-        return args.total_steps
+        return config.total_steps
     rollout = config.ppo.num_envs * config.ppo.num_steps
-    return args.total_steps // rollout * rollout
+    return config.total_steps // rollout * rollout
 
 
 def run_config(args: Args, task: str, head: str) -> TrainConfig:
@@ -179,12 +178,11 @@ def train_all(args: Args) -> None:
     todo = []
     for task in args.tasks:
         for head in args.heads:
-            out = run_dir(args, task, head)
-            end = last_step(args, task, head)
-            if all(is_finished(out / f"seed{seed}", end) for seed in args.seeds):
-                print(f"done already: {out}", flush=True)
+            config = run_config(args, task, head)
+            if all(is_finished(config.out / f"seed{s}", last_step(config)) for s in args.seeds):
+                print(f"done already: {config.out}", flush=True)
             else:
-                todo.append(run_config(args, task, head))
+                todo.append(config)
     try:
         run_in_parallel(train_one, todo, max_workers=args.workers)
     finally:  # after Ctrl-C too: the curves of stopped runs are results up to their last step
@@ -204,7 +202,7 @@ def aggregate(args: Args) -> dict:
         row = {}
         for head in args.heads:
             csvs = [csv_copy(args, task, head, seed) for seed in args.seeds]
-            summary = seed_summary(csvs, args.at_step or last_step(args, task, head))
+            summary = seed_summary(csvs, args.at_step or last_step(run_config(args, task, head)))
             if summary is not None:
                 row[head] = summary
         if len(row) == len(args.heads):  # ratios of mean returns, meaningful where both are > 0
