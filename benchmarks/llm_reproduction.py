@@ -407,14 +407,15 @@ def _prepare_tiny_start(args: Args) -> None:
 
 
 def main(args: Args) -> None:
-    from era.runs import run_in_parallel
+    from era.runs import exit_on_stop, run_in_parallel
 
     if not args.report_only:
         if args.model == "tiny":
             _prepare_tiny_start(args)
         jobs = [(args, era, seed) for seed in args.seeds for era in args.methods.values()]
-        for line in run_in_parallel(_train_one, jobs, max_workers=args.workers):
-            print(line)
+        with exit_on_stop():  # the trainers saved their checkpoints: a rerun resumes them
+            for line in run_in_parallel(_train_one, jobs, max_workers=args.workers):
+                print(line)
     _report(args)
 
 

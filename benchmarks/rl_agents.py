@@ -35,6 +35,7 @@ import tyro
 from _rl_common import args_json, copy_metrics, is_finished, mean_std, seed_summary, write_results
 
 from era.rl.config import FastSACConfig, OBACConfig, TrainConfig
+from era.runs import exit_on_stop
 
 NAMES = {("fastsac", "era"): "FastSAC-ERA", ("fastsac", "alpha"): "FastSAC",
          ("obac", "era"): "OBAC-ERA", ("obac", "alpha"): "OBAC"}  # fmt: skip
@@ -190,7 +191,8 @@ def plot(args: Args) -> None:
 
 def main(args: Args) -> dict:
     if not args.aggregate_only:
-        train_all(args)
+        with exit_on_stop():  # the runs saved their checkpoints: a rerun resumes them
+            train_all(args)
     result = aggregate(args)
     print(markdown(result))
     return result

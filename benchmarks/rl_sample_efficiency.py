@@ -60,7 +60,7 @@ import tyro
 from _rl_common import args_json, copy_metrics, is_finished, mean_std, seed_summary, write_results
 
 from era.rl.config import SACConfig, TrainConfig
-from era.runs import Interrupted
+from era.runs import exit_on_stop
 
 # name: (algorithm, head, ERA mode, SAC autocast); the bf16 names test what bf16 does to learning
 HEADS = {
@@ -383,12 +383,8 @@ def main(args: Args) -> dict:
     if unknown or len(args.heads) < 2:
         raise SystemExit(f"--heads {args.heads}: give two or more of {list(HEADS)}")
     if not args.aggregate_only:
-        try:
+        with exit_on_stop():  # the runs saved their checkpoints: a rerun resumes them
             train_all(args)
-        except (KeyboardInterrupt, Interrupted) as e:
-            # The runs saved their checkpoints: the next invocation resumes them.
-            print("stopped; rerun the same command to continue", flush=True)
-            raise SystemExit(getattr(e, "exit_code", 130)) from None
     result = aggregate(args)
     print(markdown(result))
     return result

@@ -30,7 +30,7 @@ import tyro
 from _rl_common import args_json, copy_metrics, is_finished, mean_std, seed_summary, write_results
 
 from era.rl.config import TDMPC2Config, TrainConfig
-from era.runs import run_in_parallel
+from era.runs import exit_on_stop, run_in_parallel
 
 HEADS = {"TD-MPC2-ERA": "era", "TD-MPC2": "alpha"}
 
@@ -237,7 +237,8 @@ def main(args: Args) -> dict:
     if args.time_only:
         return time_steps(args)
     if not args.aggregate_only:
-        train_all(args)
+        with exit_on_stop():  # the runs saved their checkpoints: a rerun resumes them
+            train_all(args)
     result = aggregate(args)
     print(markdown(result))
     return result

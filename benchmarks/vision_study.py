@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import tyro
 
-from era.runs import Interrupted, read_metrics, run_in_parallel
+from era.runs import exit_on_stop, read_metrics, run_in_parallel
 from era.vision.data import _STATS, load_fashion_mnist
 from era.vision.head import create_model
 from era.vision.metrics import ECE_BINS, reliability_bins
@@ -462,12 +462,8 @@ def main(args: Args) -> None:
     if not args.report:
         jobs = [(name, config, args) for name, config in configs(args)]
         print(f"{len(jobs)} runs; results in {args.results}", flush=True)
-        try:
+        with exit_on_stop():  # the trainers saved their checkpoints: a rerun resumes them
             run_in_parallel(run_one, jobs, max_workers=args.workers)
-        except (KeyboardInterrupt, Interrupted) as e:
-            # The trainers saved their checkpoints: the next invocation resumes those runs.
-            print("stopped; rerun the same command to continue", flush=True)
-            raise SystemExit(getattr(e, "exit_code", 130)) from None
     else:
         report(args)
 

@@ -21,6 +21,7 @@ from era.runs import (
     MetricLogger,
     RunError,
     check_finite,
+    exit_on_stop,
     load_checkpoint,
     open_run,
     read_metrics,
@@ -334,3 +335,23 @@ def test_first_signal_sets_the_flag_and_leaving_raises_interrupted(signum):
                 time.sleep(5)
     assert stopped.value.exit_code == 128 + signum
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+@pytest.mark.parametrize(
+    ("stop", "code"),
+    [
+        (Interrupted(signal.SIGTERM), 143),
+        (Interrupted(signal.SIGINT), 130),
+        (KeyboardInterrupt(), 130),
+    ],
+)
+def test_exit_on_stop_is_one_line_and_the_signal_status(stop, code, capsys):
+    with pytest.raises(SystemExit) as exit_info, exit_on_stop("rerun it"):
+        raise stop
+    assert exit_info.value.code == code
+    assert capsys.readouterr().err == "stopped; rerun it\n"
+
+
+def test_exit_on_stop_lets_errors_through():
+    with pytest.raises(ValueError, match="bad"), exit_on_stop():
+        raise ValueError("bad")

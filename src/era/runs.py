@@ -450,6 +450,18 @@ def stop_signals() -> Iterator[StopFlag]:
         raise Interrupted(flag.signum)
 
 
+@contextlib.contextmanager
+def exit_on_stop(hint: str = "rerun the same command to continue") -> Iterator[None]:
+    """For scripts whose runs save their state on a stop (the benchmarks): a Ctrl-C or SIGTERM
+    ends the script with one line, ``stopped; <hint>``, and the status ``128 + signal``, not a
+    traceback."""
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted) as e:
+        print(f"stopped; {hint}", file=sys.stderr, flush=True)
+        raise SystemExit(getattr(e, "exit_code", 130)) from None
+
+
 def progress_bar(unit: str = "steps", disable: bool = False):
     """A rich progress bar showing done/total, ``unit``/s, elapsed, ETA and a free-text ``info``.
 
