@@ -18,13 +18,14 @@ Gymnasium returns by the best final return of any run of any head on that task i
 (Gymnasium MuJoCo tasks have no fixed maximum). So an aggregate says how close each head comes to
 the best run seen here, not to a published level.
 
-The issue's full scale (6 tasks x 5 seeds x 100k steps, SAC-ERA vs SAC)::
+The issue's full scale (6 tasks x 5 seeds x 100k steps, SAC-ERA vs SAC, compiled updates)::
 
     OMP_NUM_THREADS=1 python benchmarks/rl_sample_efficiency.py \\
         --tasks Hopper-v5 Walker2d-v5 HalfCheetah-v5 Ant-v5 dm_control/cheetah-run \\
         dm_control/walker-walk --seeds 0 1 2 3 4 --total-steps 100000 --hidden 256 \\
-        --learning-starts 5000 --eval-every 10000 --runs runs/rl_se_100k \\
-        --results benchmarks/results/rl_sample_efficiency_100k
+        --learning-starts 5000 --eval-every 10000 --runs runs/rl_se_100k --compile \\
+        --results benchmarks/results/rl_sample_efficiency_100k \\
+        --figure docs/img/rl_sample_efficiency_100k.png
 
 and PPO-ERA vs PPO (three seeds, one process each, 1M steps)::
 
