@@ -59,6 +59,7 @@ METHODS = {  # name -> TrainConfig fields; the first three are run first
     "dropout0.3": {"drop_rate": 0.3},
     "era0.05": {"era_min_entropy": 0.05},
     "era0.3": {"era_min_entropy": 0.3},
+    "era0.6": {"era_min_entropy": 0.6},
     # the paper's CIFAR-10 / ImageNet setting: its looser floor C = exp(H0 - 1), whose real
     # floor on 10 classes is about 0.97 nats (docs/vision.md)
     "era-paper0.6": {"era_min_entropy": 0.6, "era_floor": "paper"},
