@@ -10,7 +10,7 @@ cosine to zero, pad-and-crop + flip):
 * ``full``: all 60,000 images for ``--full-epochs`` epochs (to convergence).
 
 Methods: cross-entropy, label smoothing {0.05, 0.1, 0.2}, confidence penalty (beta 0.1), dropout
-(0.3 before the classifier), ERA H0 in {0.05, 0.1, 0.3} (tight floor, tau 4) and the paper's
+(0.3 before the classifier), ERA H0 in {0.05, 0.1, 0.3, 0.6} (tight floor, tau 4) and the paper's
 own setting, H0 0.6 with its looser floor. Every finished run
 is evaluated on the clean test set and on three offline corruptions of it (Gaussian noise, blur,
 contrast: see :func:`corrupt`), with top-1, NLL and ECE and 95 % bootstrap intervals over test
