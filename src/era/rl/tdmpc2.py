@@ -397,7 +397,7 @@ class TDMPC2Agent(torch.nn.Module):
 
     @torch.no_grad()
     def prior_action(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
-        """Acting without planning (``--tdmpc2.mpc false``): the prior's sample or mode."""
+        """Acting without planning (``--tdmpc2.no-mpc``): the prior's sample or mode."""
         dist = self.model.policy(self.model.encode(obs))
         return dist.sample() if explore else dist.mode
 
