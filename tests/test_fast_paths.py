@@ -75,3 +75,30 @@ def test_compiled_update_matches_eager(head):
         torch.testing.assert_close(compiled_state[name], value, rtol=1e-4, atol=1e-5, msg=name)
     obs = torch.randn(1, 11).numpy()
     torch.testing.assert_close(compiled.act(obs), eager.act(obs), rtol=1e-4, atol=1e-5)
+
+
+_ELU_IN_FRESH_PROCESS = """
+import sys, torch
+from era.rl import networks
+if sys.argv[1] == "wake":
+    networks.wake_sleef_expm1()
+x = torch.linspace(-20, 5, 100_003)  # many full vectors and a partial one
+out = torch.cat([torch.nn.functional.elu(x), torch.expm1(x)])
+sys.stdout.buffer.write(out.numpy().tobytes())
+"""
+
+
+def test_expm1_wake_up_changes_no_result():
+    """The wake-up only changes the speed of ELU's expm1 (benchmarks/expm1_warmup.py): in a
+    fresh process, where it has not run yet, ELU and expm1 give the same bits with and without."""
+    import subprocess
+    import sys
+
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", _ELU_IN_FRESH_PROCESS, mode], capture_output=True, check=True
+        ).stdout
+        for mode in ("plain", "wake")
+    ]
+    assert len(outputs[0]) == 2 * 100_003 * 4
+    assert outputs[0] == outputs[1]

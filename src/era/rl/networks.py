@@ -10,6 +10,7 @@ independent seeds (and each seed's twin critics) run as one batched matrix produ
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -23,6 +24,21 @@ from era.gaussian import GaussianERA
 # The usual SAC log-std range (CleanRL, SB3); the alpha head squashes its raw output into it.
 TANH_LOG_STD_MIN, TANH_LOG_STD_MAX = -5.0, 2.0
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@functools.cache
+def wake_sleef_expm1() -> None:
+    """Run one vectorised atanh, once per process, before the ELU networks train.
+
+    Measured on this project's machine (AMD EPYC virtual machine, AVX-512, torch 2.14.1): the
+    vectorised ``expm1`` that ELU runs on (eager and compiled) is about 7x slower in a process
+    until a vectorised ``atanh`` or ``tanh`` of Sleef's has run once; afterwards, in every thread
+    of the process, it is fast. The cause is not known. A tanh-Gaussian agent wakes it by itself
+    (its compiled graphs run Sleef's tanh); the ERA head does not, so without this its compiled
+    SAC update took 1.6x as long. One atanh of 4,096 zeros changes no result.
+    ``benchmarks/expm1_warmup.py`` measures it.
+    """
+    torch.atanh(torch.zeros(4096))
 
 
 class EnsembleLinear(nn.Module):
@@ -65,6 +81,7 @@ class TwinCritic(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, seeds: int = 1):
         super().__init__()
+        wake_sleef_expm1()
         sizes = [obs_dim + act_dim] + [hidden] * layers
         self.hidden = nn.ModuleList(
             EnsembleLinear((seeds, 2), i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)
@@ -110,6 +127,7 @@ class SACActor(nn.Module):
         self, obs_dim: int, act_dim: int, hidden: int, layers: int, head: nn.Module, seeds: int = 1
     ):
         super().__init__()
+        wake_sleef_expm1()
         sizes = [obs_dim] + [hidden] * layers + [2 * act_dim]
         self.trunk = nn.ModuleList(
             EnsembleLinear((seeds,), i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)
