@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -91,9 +94,6 @@ sys.stdout.buffer.write(out.numpy().tobytes())
 def test_expm1_wake_up_changes_no_result():
     """The wake-up only changes the speed of ELU's expm1 (benchmarks/expm1_warmup.py): in a
     fresh process, where it has not run yet, ELU and expm1 give the same bits with and without."""
-    import subprocess
-    import sys
-
     outputs = [
         subprocess.run(
             [sys.executable, "-c", _ELU_IN_FRESH_PROCESS, mode], capture_output=True, check=True
