@@ -9,7 +9,8 @@ be killed and restarted at any time.
 Afterwards (or with ``--aggregate-only``) it writes, per task and head, the final evaluation
 return and the return averaged over all evaluations (a learning-curve area), as mean and std over
 seeds; copies each run's ``metrics.csv`` beside the JSON (so everything can be rebuilt without
-the run directories); aggregates over tasks with rliable's statistics (interquartile mean with 95%
+the run directories) as soon as a (task, head) run ends; aggregates over the tasks where every
+seed of both heads finished with rliable's statistics (interquartile mean with 95%
 stratified-bootstrap confidence intervals, probability of improvement, performance profiles) and
 draws the learning curves with ``era rl plot``.
 
@@ -163,13 +164,24 @@ def run_config(args: Args, task: str, head: str) -> TrainConfig:
     )
 
 
-def train_one(config: TrainConfig) -> None:
-    """One (task, head) run, in its own process when ``--workers`` > 1."""
+def copy_run_metrics(args: Args, task: str, head: str) -> None:
+    """Copy the metrics.csv of every seed of one (task, head) run beside the results."""
+    for seed in args.seeds:
+        source = run_dir(args, task, head) / f"seed{seed}" / "metrics.csv"
+        if source.exists():
+            copy_metrics(source, csv_copy(args, task, head, seed))
+
+
+def train_one(job: tuple[Args, str, str]) -> None:
+    """One (task, head) run, in its own process when ``--workers`` > 1; its CSVs are copied as
+    soon as it ends, so a finished run's results can be committed while the others train."""
     from era.rl.train import train
 
+    args, task, head = job
     start = time.perf_counter()
-    train(config)
-    print(f"trained {config.out} in {time.perf_counter() - start:.0f} s", flush=True)
+    train(run_config(args, task, head))
+    copy_run_metrics(args, task, head)
+    print(f"trained {run_dir(args, task, head)} in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def train_all(args: Args) -> None:
@@ -183,16 +195,13 @@ def train_all(args: Args) -> None:
             if all(is_finished(config.out / f"seed{s}", last_step(config)) for s in args.seeds):
                 print(f"done already: {config.out}", flush=True)
             else:
-                todo.append(config)
+                todo.append((args, task, head))
     try:
         run_in_parallel(train_one, todo, max_workers=args.workers)
     finally:  # after Ctrl-C too: the curves of stopped runs are results up to their last step
         for task in args.tasks:
             for head in args.heads:
-                for seed in args.seeds:
-                    source = run_dir(args, task, head) / f"seed{seed}" / "metrics.csv"
-                    if source.exists():
-                        copy_metrics(source, csv_copy(args, task, head, seed))
+                copy_run_metrics(args, task, head)
 
 
 def aggregate(args: Args) -> dict:
@@ -249,8 +258,11 @@ def markdown(result: dict) -> str:
         )
     agg = result.get("aggregate")
     if agg:
-        lines += ["", f"Aggregate over {agg['tasks']} tasks x {agg['runs']} seeds (normalised "
-                  "scores, 95% stratified-bootstrap CIs):", ""]  # fmt: skip
+        tasks = agg["tasks"]
+        lines += ["", f"Aggregate over {len(tasks)} of {len(result['tasks'])} tasks "
+                  f"({', '.join(tasks)}) x {agg['runs']} seeds (normalised scores, 95% "
+                  "stratified-bootstrap CIs; a task counts once every seed of both heads "
+                  "finished):", ""]  # fmt: skip
         lines += ["| head | IQM final | mean final |", "|---|---:|---:|"]
         for head in (first, second):
             iqm, mean = agg["iqm"][head], agg["mean"][head]
@@ -261,21 +273,24 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def normalised_scores(args: Args, table: dict) -> dict[str, np.ndarray] | None:
-    """``{head: [seeds, tasks]}`` final returns, normalised per task (see the module docstring);
-    None unless every task has every seed of both heads."""
+def normalised_scores(args: Args, table: dict) -> tuple[list[str], dict[str, np.ndarray]] | None:
+    """The tasks where every seed of both heads finished, and ``{head: [seeds, tasks]}`` their
+    final returns, normalised per task (see the module docstring); None if no task has."""
     heads = args.heads[:2]
-    columns = {h: [] for h in heads}
+    tasks, columns = [], {h: [] for h in heads}
     for task in args.tasks:
         row = table.get(task, {})
         if not all(h in row and row[h]["seeds"] == len(args.seeds) for h in heads):
-            return None
+            continue
         finals = {h: np.array(row[h]["final_returns"]) for h in heads}
         best = max(float(v.max()) for v in finals.values())
         scale = 1000.0 if task.startswith("dm_control/") else max(best, 1e-9)
+        tasks.append(task)
         for h in heads:
             columns[h].append(finals[h] / scale)
-    return {h: np.stack(c, axis=1) for h, c in columns.items()}
+    if not tasks:
+        return None
+    return tasks, {h: np.stack(c, axis=1) for h, c in columns.items()}
 
 
 # rliable (Agarwal et al., 2021) is the field's tool for these statistics, but its bootstrap
@@ -320,9 +335,10 @@ def stratified_bootstrap(statistic, arrays: list[np.ndarray], reps: int, seed: i
 def rliable_aggregate(args: Args, table: dict) -> dict | None:
     """IQM and mean with stratified-bootstrap CIs, probability of improvement and performance
     profiles of the first head against the second; the profile figure beside ``--figure``."""
-    scores = normalised_scores(args, table)
-    if scores is None:
+    complete = normalised_scores(args, table)
+    if complete is None:
         return None
+    tasks, scores = complete
     first, second = args.heads[:2]
     mean = lambda x: float(x.mean())
     thresholds = np.linspace(0.0, 1.0, 41)
@@ -337,7 +353,7 @@ def rliable_aggregate(args: Args, table: dict) -> dict | None:
         profiles[head] = (profile(x), *np.percentile(boot, [2.5, 97.5], axis=0))
     plot_profiles(args, thresholds, profiles)
     return {
-        "tasks": len(args.tasks),
+        "tasks": tasks,
         "runs": len(args.seeds),
         "iqm": {h: stratified_bootstrap(iqm, [x], args.bootstrap) for h, x in scores.items()},
         "mean": {h: stratified_bootstrap(mean, [x], args.bootstrap) for h, x in scores.items()},
