@@ -13,10 +13,13 @@ from pathlib import Path
 from era.runs import read_metrics
 
 
-def is_finished(out: Path, total_steps: int) -> bool:
-    """Whether the run in ``out`` wrote its ``summary.json`` at the full step count."""
+def is_finished(out: Path, total_steps: int, copy: Path) -> bool:
+    """Whether the run in ``out`` wrote its ``summary.json`` at the full step count, or the
+    committed ``copy`` of its ``metrics.csv`` reaches it (a fresh machine has only the copies)."""
     summary = out / "summary.json"
-    return summary.exists() and json.loads(summary.read_text())["step"] >= total_steps
+    if summary.exists() and json.loads(summary.read_text())["step"] >= total_steps:
+        return True
+    return copy.exists() and read_metrics(copy)["step"][-1] >= total_steps
 
 
 def copy_metrics(source: Path, target: Path) -> None:

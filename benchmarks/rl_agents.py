@@ -137,14 +137,15 @@ def train_all(args: Args) -> None:
 
     for seed in args.seeds:
         for agent, head in configs(args):
-            config = train_config(args, agent, head, seed)
-            if is_finished(config.out, args.total_steps):
+            config, copy = train_config(args, agent, head, seed), csv_copy(args, agent, head, seed)
+            if is_finished(config.out, args.total_steps, copy):
                 print(f"done already: {config.out}", flush=True)
             else:
                 start = time.perf_counter()
                 train(config)
                 print(f"trained {config.out} in {time.perf_counter() - start:.0f} s", flush=True)
-            copy_metrics(config.out / "metrics.csv", csv_copy(args, agent, head, seed))
+            if (config.out / "metrics.csv").exists():
+                copy_metrics(config.out / "metrics.csv", copy)
 
 
 def aggregate(args: Args) -> dict:

@@ -3,9 +3,10 @@
 
 Each (task, head) is one vectorised run of all ``--seeds`` (``era.rl.train`` with ``seeds``:
 the seeds stacked in one process for SAC, one process per seed for PPO, all at once) into
-``RUNS/TASK/HEAD/seedN``. Finished runs (every seed's ``summary.json`` at the full step count,
-for PPO at its last whole rollout) are skipped and interrupted ones resumed, so the script can
-be killed and restarted at any time.
+``RUNS/TASK/HEAD/seedN``. Finished runs (every seed's ``summary.json``, or the copy of its
+``metrics.csv`` in RESULTS, at the full step count, for PPO at its last whole rollout) are
+skipped and interrupted ones resumed, so the script can be killed and restarted at any time, and
+a fresh clone trains only what its committed results lack.
 Afterwards (or with ``--aggregate-only``) it writes, per task and head, the final evaluation
 return and the return averaged over all evaluations (a learning-curve area), as mean and std over
 seeds; copies each run's ``metrics.csv`` beside the JSON (so everything can be rebuilt without
@@ -42,6 +43,16 @@ and what bf16 autocast does to learning (SAC-ERA in float32 against the same und
         --runs runs/rl_se_bf16 --results benchmarks/results/rl_bf16_hopper_30k \\
         --figure docs/img/rl_bf16_hopper_30k.png
 
+and the ablation that tells the mechanism from the target: SAC(auto-alpha) aiming at SAC-ERA's
+target, -0.5*dim(A), against SAC-ERA, on the tasks whose SAC-ERA runs are already in RESULTS
+(their committed metrics.csv copies count as finished, so only the new head trains)::
+
+    OMP_NUM_THREADS=1 python benchmarks/rl_sample_efficiency.py --heads SAC-ERA SAC-target-0.5 \
+        --tasks Hopper-v5 Walker2d-v5 --seeds 0 1 2 3 4 --total-steps 100000 --hidden 256 \
+        --learning-starts 5000 --eval-every 10000 --runs runs/rl_se_100k --compile \
+        --workers 2 --results benchmarks/results/rl_sample_efficiency_100k \
+        --comparison SAC-ERA_vs_SAC-target-0.5 --figure docs/img/rl_target_ablation_100k.png
+
 On a machine with a GPU, ``--device cuda --compile --workers 12`` trains all twelve (task, head)
 runs of the full scale at once, sharing the GPU (start CUDA MPS first,
 ``nvidia-cuda-mps-control -d``, so that their small kernels run side by side). Runs stopped
@@ -55,7 +66,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import tyro
@@ -64,14 +75,26 @@ from _rl_common import args_json, copy_metrics, is_finished, mean_std, seed_summ
 from era.rl.config import SACConfig, TrainConfig
 from era.runs import exit_on_stop
 
-# name: (algorithm, head, ERA mode, SAC autocast); the bf16 names test what bf16 does to learning
+
+class Head(NamedTuple):
+    algo: str
+    policy: str
+    era_mode: str = "exact"
+    amp: str = "none"
+    target_per_action_dim: float | None = None
+    """entropy target as a multiple of dim(A); None: the head's default"""
+
+
+# The bf16 heads test what bf16 does to learning; SAC-target-0.5 is SAC(auto-alpha) aiming at
+# SAC-ERA's target, -0.5*dim(A), to tell the mechanism (a per-state floor) from the target.
 HEADS = {
-    "SAC-ERA": ("sac", "era", "exact", "none"),
-    "SAC": ("sac", "alpha", "exact", "none"),
-    "SAC-ERA-bf16": ("sac", "era", "exact", "bf16"),
-    "SAC-bf16": ("sac", "alpha", "exact", "bf16"),
-    "PPO-ERA": ("ppo", "era", "exact", "none"),
-    "PPO": ("ppo", "std", "exact", "none"),
+    "SAC-ERA": Head("sac", "era"),
+    "SAC": Head("sac", "alpha"),
+    "SAC-target-0.5": Head("sac", "alpha", target_per_action_dim=-0.5),
+    "SAC-ERA-bf16": Head("sac", "era", amp="bf16"),
+    "SAC-bf16": Head("sac", "alpha", amp="bf16"),
+    "PPO-ERA": Head("ppo", "era"),
+    "PPO": Head("ppo", "std"),
 }
 
 
@@ -80,8 +103,9 @@ class Args:
     tasks: list[str] = field(default_factory=lambda: ["Hopper-v5", "dm_control/cartpole-swingup"])
     """Gymnasium or dm_control task ids"""
     heads: list[str] = field(default_factory=lambda: ["SAC-ERA", "SAC"])
-    """heads to compare, first against second (of SAC-ERA, SAC, SAC-ERA-bf16, SAC-bf16, PPO-ERA,
-    PPO; the bf16 ones run the SAC update under bf16 autocast)"""
+    """heads to compare, first against second (of SAC-ERA, SAC, SAC-target-0.5, SAC-ERA-bf16,
+    SAC-bf16, PPO-ERA, PPO; the bf16 ones run the SAC update under bf16 autocast;
+    SAC-target-0.5 is SAC(auto-alpha) with SAC-ERA's target, -0.5*dim(A))"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """seeds of every (task, head), trained together"""
     total_steps: int = 100_000
@@ -111,6 +135,9 @@ class Args:
     run starts one more process per seed)"""
     aggregate_only: bool = False
     """skip training; rebuild the tables and figure from the copied CSVs"""
+    comparison: str | None = None
+    """write the aggregate (summary.json, table.md) into RESULTS/COMPARISON/ instead of RESULTS/:
+    a second comparison over the same runs, e.g. --heads SAC-ERA SAC-target-0.5"""
     at_step: int | None = None
     """aggregate the curves up to this step (runs cut short; default --total-steps), into
     RESULTS/at_step_N/"""
@@ -135,19 +162,33 @@ def last_step(config: TrainConfig) -> int:
     return config.total_steps // rollout * rollout
 
 
+def action_dim(task: str) -> int:
+    from era.rl.envs import make_env
+
+    env = make_env(task, seed=0)
+    try:
+        return int(env.action_space.shape[0])
+    finally:
+        env.close()
+
+
 def run_config(args: Args, task: str, head: str) -> TrainConfig:
     """The vectorised run of every seed of one (task, head)."""
-    algo, policy, mode, amp = HEADS[head]
+    spec = HEADS[head]
     out = run_dir(args, task, head)
+    target = None
+    if spec.target_per_action_dim is not None:
+        target = spec.target_per_action_dim * action_dim(task)
     return TrainConfig(
         env=task,
-        algo=algo,
-        head=policy,
-        era_mode=mode,
+        algo=spec.algo,
+        head=spec.policy,
+        era_mode=spec.era_mode,
+        target_entropy=target,
         total_steps=args.total_steps,
         seeds=args.seeds,
         workers=len(args.seeds),  # PPO: every seed in its own process at once (SAC: one process)
-        device=args.device if algo == "sac" else "cpu",
+        device=args.device if spec.algo == "sac" else "cpu",
         out=out,
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
@@ -158,7 +199,7 @@ def run_config(args: Args, task: str, head: str) -> TrainConfig:
             hidden=args.hidden,
             batch_size=args.batch_size,
             learning_starts=args.learning_starts,
-            amp=amp,
+            amp=spec.amp,
             compile=args.compile,
         ),
     )
@@ -192,7 +233,9 @@ def train_all(args: Args) -> None:
     for task in args.tasks:
         for head in args.heads:
             config = run_config(args, task, head)
-            if all(is_finished(config.out / f"seed{s}", last_step(config)) for s in args.seeds):
+            end = last_step(config)
+            copies = {s: csv_copy(args, task, head, s) for s in args.seeds}
+            if all(is_finished(config.out / f"seed{s}", end, copies[s]) for s in args.seeds):
                 print(f"done already: {config.out}", flush=True)
             else:
                 todo.append((args, task, head))
@@ -225,8 +268,9 @@ def aggregate(args: Args) -> dict:
         "tasks": table,
         "aggregate": rliable_aggregate(args, table),
     }
-    # a cut-short comparison goes beside, not over, the full one
-    folder = args.results / f"at_step_{args.at_step}" if args.at_step else args.results
+    # a second comparison, or a cut-short one, goes beside the first full one, not over it
+    folder = args.results / args.comparison if args.comparison else args.results
+    folder = folder / f"at_step_{args.at_step}" if args.at_step else folder
     write_results(folder, result, markdown(result))
     plot(args)
     return result

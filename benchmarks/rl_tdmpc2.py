@@ -129,11 +129,11 @@ def train_all(args: Args) -> None:
     jobs = []
     for seed in args.seeds:
         for head in HEADS:
-            out = run_dir(args, head, seed)
-            if is_finished(out, args.total_steps):
+            out, copy = run_dir(args, head, seed), csv_copy(args, head, seed)
+            if is_finished(out, args.total_steps, copy):
                 print(f"done already: {out}", flush=True)
             else:
-                jobs.append((config_for(args, head, seed), csv_copy(args, head, seed)))
+                jobs.append((config_for(args, head, seed), copy))
     run_in_parallel(train_one, jobs, max_workers=args.workers)
     for seed in args.seeds:  # finished runs whose copy an earlier, stopped invocation missed
         for head in HEADS:

@@ -1,4 +1,5 @@
-"""The RL benchmarks' summaries: which seeds count, and at which step a cut-short run is read."""
+"""The RL benchmarks' summaries: which seeds count, at which step a cut-short run is read, and
+which runs count as finished on a machine that has only the committed copies."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from _rl_common import seed_summary  # noqa: E402
+from _rl_common import is_finished, seed_summary  # noqa: E402
 
 
 def _write_curve(path: Path, returns: dict[int, float]) -> Path:
@@ -31,3 +32,17 @@ def test_longer_runs_are_read_up_to_the_requested_step(tmp_path):
 def test_no_run_reaching_the_step_gives_no_summary(tmp_path):
     assert seed_summary([_write_curve(tmp_path / "a.csv", {10: 1.0})], total_steps=20) is None
     assert seed_summary([tmp_path / "missing.csv"], total_steps=20) is None
+
+
+def test_a_run_is_finished_by_its_summary_or_by_its_committed_copy(tmp_path):
+    out, copy = tmp_path / "run", tmp_path / "results" / "metrics.csv"
+    out.mkdir()
+    copy.parent.mkdir()
+    assert not is_finished(out, 20, copy)  # nothing yet
+    _write_curve(copy, {10: 1.0})
+    assert not is_finished(out, 20, copy)  # the copy of a run stopped at step 10
+    (out / "summary.json").write_text('{"step": 20}')
+    assert is_finished(out, 20, copy)  # the run itself finished
+    (out / "summary.json").unlink()
+    _write_curve(copy, {10: 1.0, 20: 2.0})
+    assert is_finished(tmp_path / "absent", 20, copy)  # a fresh clone: only the copy is left
