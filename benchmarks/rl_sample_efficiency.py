@@ -63,6 +63,7 @@ What was run for docs/benchmarks/rl.md is in that file.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,10 @@ def last_step(config: TrainConfig) -> int:
     return config.total_steps // rollout * rollout
 
 
+@functools.cache
 def action_dim(task: str) -> int:
+    """dim(A) of ``task``; cached, since ``run_config`` is built several times per (task, head)
+    and making a MuJoCo or dm_control environment is not free."""
     from era.rl.envs import make_env
 
     env = make_env(task, seed=0)
