@@ -59,6 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import tyro
+from _measure import environment
 from torch import nn
 
 from era.rl.envs import make_vector_env
@@ -538,6 +539,7 @@ def main(args: Args) -> dict:
                 )
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
+        "environment": environment("cpu"),
         "matmul_gflops_before": gflops,
         "matmul_gflops_after": gflops_after,
         "update_gflop": flops / 1e9,
@@ -557,7 +559,11 @@ def main(args: Args) -> dict:
 
 def markdown(result: dict) -> str:
     g0, g1 = result["matmul_gflops_before"], result["matmul_gflops_after"]
+    env = result["environment"]
     lines = [
+        f"{env['device']}, torch {env['torch']}, commit {env['git_commit']}, load average "
+        f"{env['load_average_1_5_15min'][0]:.1f} at the end.",
+        "",
         f"Matrix product 256x256x256, one thread: fp32 {g0['none']:.0f} / {g1['none']:.0f} "
         f"GFLOP/s, bf16 {g0['bf16']:.0f} / {g1['bf16']:.0f} GFLOP/s (before / after the "
         f"timings); one SAC update of one seed is {result['update_gflop']:.3f} GFLOP of "
