@@ -3,8 +3,8 @@
 Builds our agent as ``rl_throughput.py`` does (Hopper-v5, 2 x 256 networks, batch 256, one
 thread, buffer filled by random steps), profiles ``--updates`` updates with ``torch.profiler``
 (inductor's kernel profiling on, so each fused kernel is an event of its own; it records
-nothing while no profiler runs) and splits this
-process's CPU time into matrix products, inductor's fused kernels, optimiser steps and the rest.
+nothing while no profiler runs) and splits this process's CPU time into matrix products,
+inductor's fused kernels, optimiser steps and the rest.
 Then, with ``--inductor KEY=VALUE ...``, it builds a second agent compiled with those
 ``torch._inductor.config`` options and times SB3, the default agent and the overridden one
 side by side (``rl_throughput.time_updates``: interleaved, process CPU time).
