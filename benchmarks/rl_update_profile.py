@@ -109,6 +109,7 @@ def build_with_options(bench, ours, options: dict[str, object]):
 
 
 def main(args: Args) -> dict:
+    options = parse_overrides(args.inductor)  # a bad key fails now, not after the profile
     torch.set_num_threads(1)
     # Each fused kernel records itself (a no-op while no profiler runs); set before compiling.
     inductor_config.cpp.enable_kernel_profile = True
@@ -127,7 +128,6 @@ def main(args: Args) -> dict:
               "agent": ours.name, "ms_per_update": split}  # fmt: skip
     if args.inductor:
         updates = {"Stable-Baselines3 SAC": rl_throughput.run_sb3(bench)[1], "default": update}
-        options = parse_overrides(args.inductor)
         updates[" ".join(args.inductor)] = build_with_options(bench, ours, options)
         rates = rl_throughput.time_updates(
             updates, dict.fromkeys(updates, rl_throughput.cpu_clock), args.blocks, args.per_block
