@@ -48,7 +48,7 @@ target, -0.5*dim(A), against SAC-ERA, on the tasks whose SAC-ERA runs are alread
 (their committed metrics.csv copies count as finished, so only the new head trains)::
 
     OMP_NUM_THREADS=1 python benchmarks/rl_sample_efficiency.py --heads SAC-ERA SAC-target-0.5 \\
-        --tasks Hopper-v5 Walker2d-v5 --seeds 0 1 2 3 4 --total-steps 100000 --hidden 256 \\
+        --tasks Ant-v5 Hopper-v5 Walker2d-v5 --seeds 0 1 2 3 4 --total-steps 100000 --hidden 256 \\
         --learning-starts 5000 --eval-every 10000 --runs runs/rl_se_100k --compile \\
         --workers 2 --results benchmarks/results/rl_sample_efficiency_100k \\
         --comparison SAC-ERA_vs_SAC-target-0.5 --figure docs/img/rl_target_ablation_100k.png
