@@ -278,12 +278,23 @@ def _shift_mean(result: dict, metric: str) -> float:
     return float(np.mean([result["shifts"][k][metric]["value"] for k in SHIFTS[1:]]))
 
 
+def _seed_sd(values: list[float]) -> float:
+    """Sample standard deviation over seeds (n - 1); 0 for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _color(method: str) -> str:
+    """One colour per method in every figure and regime (ten of tab10, then black)."""
+    index = list(METHODS).index(method)
+    return f"C{index}" if index < 10 else "black"
+
+
 def _cell(values: list[float], scale: float, digits: int, ci: list[float] | None) -> str:
     """mean ± std over seeds, or with one seed its value and bootstrap interval."""
     if len(values) == 1:
         low, high = (c * scale for c in ci) if ci else (math.nan, math.nan)
         return f"{values[0] * scale:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-    return f"{np.mean(values) * scale:.{digits}f} ± {np.std(values, ddof=1) * scale:.{digits}f}"
+    return f"{np.mean(values) * scale:.{digits}f} ± {_seed_sd(values) * scale:.{digits}f}"
 
 
 def summarise(results: dict) -> tuple[dict, str]:
@@ -322,7 +333,8 @@ def summarise(results: dict) -> tuple[dict, str]:
 
 
 def plot_plane(results: dict, out_png: Path) -> Path:
-    """Top-1 against ECE per method (mean over seeds), clean (filled) and shifted (open)."""
+    """Top-1 against ECE per method (mean and sample sd over seeds), clean (filled) and
+    shifted (open)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -332,8 +344,8 @@ def plot_plane(results: dict, out_png: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
     for ax, (regime, methods) in zip(axes[0], results.items(), strict=True):
-        for i, (method, runs) in enumerate(methods.items()):
-            color = f"C{i}"
+        for method, runs in methods.items():
+            color = _color(method)
             for shifted, marker in ((False, "o"), (True, "s")):
                 if shifted:
                     ece = [_shift_mean(r, "ece") for r in runs]
@@ -344,8 +356,8 @@ def plot_plane(results: dict, out_png: Path) -> Path:
                 ax.errorbar(
                     100 * np.mean(ece),
                     100 * np.mean(top1),
-                    xerr=100 * np.std(ece),
-                    yerr=100 * np.std(top1),
+                    xerr=100 * _seed_sd(ece),
+                    yerr=100 * _seed_sd(top1),
                     fmt=marker,
                     color=color,
                     mfc="none" if shifted else color,
@@ -357,7 +369,8 @@ def plot_plane(results: dict, out_png: Path) -> Path:
         ax.set_xlabel("ECE, 15 bins (%)  — lower is better")
         ax.set_ylabel("top-1 (%)")
         ax.set_title(
-            f"{regime}: clean (filled) and shifted test sets (open, mean of 3)", fontsize=9
+            f"{regime}: clean (filled), corrupted (open, mean of 3 corruptions); ± 1 sd over seeds",
+            fontsize=8,
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -426,7 +439,7 @@ def plot_learning_curves(results: dict, out_png: Path) -> Path:
 
     fig, axes = plt.subplots(len(results), 2, figsize=(11, 3.8 * len(results)), squeeze=False)
     for row, (regime, methods) in zip(axes, results.items(), strict=True):
-        for i, (method, runs) in enumerate(methods.items()):
+        for method, runs in methods.items():
             epochs = np.array(runs[0]["learning_curve"]["epoch"])
             for ax, metric, scale in ((row[0], "nll", 1), (row[1], "top1", 100)):
                 curves = [
@@ -434,7 +447,7 @@ def plot_learning_curves(results: dict, out_png: Path) -> Path:
                     for r in runs
                     if len(r["learning_curve"][metric]) == len(epochs)
                 ]
-                ax.plot(epochs, scale * np.mean(curves, axis=0), color=f"C{i}", label=method)
+                ax.plot(epochs, scale * np.mean(curves, axis=0), color=_color(method), label=method)
         row[0].set_ylabel(f"{regime}: test NLL")
         row[1].set_ylabel(f"{regime}: test top-1 (%)")
         for ax in row:
