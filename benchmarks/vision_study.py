@@ -290,7 +290,7 @@ def _color(method: str) -> str:
 
 
 def _cell(values: list[float], scale: float, digits: int, ci: list[float] | None) -> str:
-    """mean ± std over seeds, or with one seed its value and bootstrap interval."""
+    """mean ± sample sd over seeds, or with one seed its value and bootstrap interval."""
     if len(values) == 1:
         low, high = (c * scale for c in ci) if ci else (math.nan, math.nan)
         return f"{values[0] * scale:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
