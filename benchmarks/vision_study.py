@@ -46,7 +46,7 @@ import tyro
 from era.runs import exit_on_stop, read_metrics, run_in_parallel
 from era.vision.data import _STATS, load_fashion_mnist
 from era.vision.head import create_model
-from era.vision.metrics import ECE_BINS, reliability_bins
+from era.vision.metrics import ECE_BINS, confidence_bin, reliability_bins
 from era.vision.train import CHECKPOINT, TrainConfig, native_bfloat16, train
 
 METHODS = {  # name -> TrainConfig fields; the first three are run first
@@ -185,8 +185,7 @@ def scores(logp: torch.Tensor, labels: torch.Tensor, resamples: int) -> dict:
     loss = -logp.gather(-1, labels[:, None])[:, 0]
     count, confidence, hits = reliability_bins(logp, labels)
     conf = logp.exp().max(-1).values
-    bins = torch.bucketize(conf, torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float64)) - 1
-    bins = bins.clamp(0, ECE_BINS - 1)
+    bins = confidence_bin(conf)
 
     def ece(index: torch.Tensor) -> torch.Tensor:
         # |sum(correct - confidence)| per bin, summed, per resample: one scatter-add.

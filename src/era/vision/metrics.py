@@ -37,6 +37,15 @@ def predictive_entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def confidence_bin(confidence: Tensor, n_bins: int = ECE_BINS) -> Tensor:
+    """Index of each confidence's equal-width bin: bin ``b`` holds ``(b/n, (b+1)/n]``, and a
+    confidence of 0 falls in bin 0."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins!r}")
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=confidence.dtype, device=confidence.device)
+    return (torch.bucketize(confidence, edges, right=False) - 1).clamp(0, n_bins - 1)
+
+
 def reliability_bins(
     logits: Tensor, labels: Tensor, n_bins: int = ECE_BINS
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -45,12 +54,9 @@ def reliability_bins(
     The confidence is the top-1 probability; bin ``b`` holds confidences in ``(b/n, (b+1)/n]``
     (the usual equal-width bins of Guo et al., 2017).
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins!r}")
     conf, pred = _log_probs(logits).exp().max(-1)
     conf = conf.double()
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=conf.device)
-    index = (torch.bucketize(conf, edges, right=False) - 1).clamp(0, n_bins - 1)
+    index = confidence_bin(conf, n_bins)
     correct = (pred == labels).double()
     zeros = torch.zeros(n_bins, dtype=torch.float64, device=conf.device)
     return (
