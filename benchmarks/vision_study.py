@@ -35,7 +35,6 @@ import dataclasses
 import json
 import math
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,7 +236,6 @@ def run_one(job: tuple[str, TrainConfig, Args]) -> None:
     folder = Path(config.out)
     if folder.exists() and not (folder / CHECKPOINT).exists():
         shutil.rmtree(folder)  # stopped before its first checkpoint: nothing to continue
-    started = time.perf_counter()
     train(dataclasses.replace(config, resume=(folder / CHECKPOINT).exists()))
     if not (folder / "final.json").exists():
         raise KeyboardInterrupt  # stopped early (Ctrl-C): resumed on the next invocation
@@ -251,7 +249,7 @@ def run_one(job: tuple[str, TrainConfig, Args]) -> None:
     payload = {
         "name": name,
         "config": json.loads((folder / "config.json").read_text()),
-        "train_seconds": time.perf_counter() - started,
+        "train_seconds": curve["time_s"][-1],  # summed over a resumed run's invocations
         "learning_curve": curve,
         "shifts": shifts,
     }

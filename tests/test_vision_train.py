@@ -59,7 +59,8 @@ def test_resume_continues_exactly(tmp_path):
     straight = train(config)
     stopped = dataclasses.replace(config, out=tmp_path / "b", max_steps=5)
     assert train(stopped)["top1"] >= 0  # evaluated at step 3, stopped at step 5
-    assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 5
+    stop = load_checkpoint(tmp_path / "b" / CHECKPOINT)
+    assert stop["step"] == 5
     resumed = train(dataclasses.replace(stopped, max_steps=0, resume=True))
     assert resumed == straight
     _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
@@ -69,6 +70,8 @@ def test_resume_continues_exactly(tmp_path):
     )
     assert a["step"].tolist() == b["step"].tolist() == [3, 6, 8]
     torch.testing.assert_close(torch.tensor(a["nll"]), torch.tensor(b["nll"]), rtol=0, atol=0)
+    # The resumed invocation continues the run's clock instead of restarting it at zero.
+    assert b["time_s"][0] <= stop["elapsed"] < b["time_s"][1] < b["time_s"][2]
     # Resuming a finished run trains nothing more and returns its final metrics.
     assert train(dataclasses.replace(stopped, max_steps=0, resume=True)) == straight
 

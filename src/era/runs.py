@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from importlib import metadata
@@ -293,6 +294,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict):
         raise RunError(f"{path} is not a checkpoint of this project (holds {type(state).__name__})")
     return state
+
+
+class Clock:
+    """Training wall time summed over a run's sessions: a resumed run continues its clock."""
+
+    def __init__(self, elapsed: float = 0.0):
+        self.before = elapsed
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
 
 
 def check_finite(step: int, **values: float | torch.Tensor) -> None:

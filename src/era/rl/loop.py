@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from era.rl.config import TrainConfig
-from era.runs import MetricLogger, Run, check_run, open_run, progress_bar
+from era.runs import Clock, MetricLogger, Run, check_run, open_run, progress_bar
 
 # Changing these between a run and its resume does not change what the run computes.
 MAY_CHANGE = frozenset(
@@ -71,17 +71,6 @@ def restore_loop(checkpoint: dict, agent, buffer, envs) -> None:
     agent.load_checkpoint_state(checkpoint["agent"])
     buffer.load_state_dict(checkpoint["buffer"])
     envs.load_state_dict(checkpoint["envs"])
-
-
-class Clock:
-    """Training wall time summed over a run's sessions: a resumed run continues its clock."""
-
-    def __init__(self, elapsed: float = 0.0):
-        self.before = elapsed
-        self.start = time.perf_counter()
-
-    def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.start
 
 
 def evaluate(act: Callable[[np.ndarray], np.ndarray], env, episodes: int, seed: int):

@@ -25,7 +25,6 @@ from era.gaussian import GaussianERA
 from era.rl.config import TrainConfig, default_target_entropy
 from era.rl.envs import make_env
 from era.rl.loop import (
-    Clock,
     Reporter,
     evaluate,
     log_row,
@@ -36,7 +35,7 @@ from era.rl.loop import (
 )
 from era.rl.networks import PPOAgent, entropy_summary
 from era.rl.vec_env import ReplayableEnvs
-from era.runs import Run, check_finite, read_metrics, set_seed, stop_signals
+from era.runs import Clock, Run, check_finite, read_metrics, set_seed, stop_signals
 
 CLIP_NORMALISED = 10.0  # normalised observations and scaled rewards are clipped to +-10
 

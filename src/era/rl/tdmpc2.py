@@ -31,7 +31,6 @@ from era.gaussian import GaussianERA
 from era.rl.config import TrainConfig, default_target_entropy
 from era.rl.envs import make_env
 from era.rl.loop import (
-    Clock,
     Reporter,
     evaluate,
     log_row,
@@ -50,7 +49,7 @@ from era.rl.world_model import (
     default_seed_steps,
     discount_for,
 )
-from era.runs import check_finite, read_metrics, set_seed, stop_signals
+from era.runs import Clock, check_finite, read_metrics, set_seed, stop_signals
 
 LOG_EVERY = 1000  # steps between TensorBoard training scalars and divergence checks
 EVAL_SEED_OFFSET = 10_000

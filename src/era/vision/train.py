@@ -17,7 +17,6 @@ import json
 import math
 import os
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from era.runs import (
     CHECKPOINT,
+    Clock,
     MetricLogger,
     Run,
     RunError,
@@ -336,8 +336,8 @@ class Session:
     """the last validation's metrics"""
     steps_here: int = 0
     """steps taken in this invocation (for max_steps)"""
-    started: float = 0.0
-    """perf_counter() when this invocation's training started"""
+    clock: Clock | None = None
+    """training time summed over the run's invocations; started when training starts"""
 
     def save(self) -> None:
         """Checkpoint (process 0 writes; every process contributes its random state)."""
@@ -349,6 +349,7 @@ class Session:
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "step": self.step,
+                    "elapsed": self.clock.seconds(),
                     "random": states,
                     "config": self.run.config,
                 }
@@ -483,8 +484,9 @@ def _open_run(config: TrainConfig, rank: int, world: int) -> Run | None:
     return run
 
 
-def _resume(session: Session) -> None:
-    """Restore weights, optimiser, schedule, random streams and step from the checkpoint."""
+def _resume(session: Session) -> float:
+    """Restore weights, optimiser, schedule, random streams and step from the checkpoint;
+    returns the training time the run had taken so far."""
     config, world = session.config, session.world
     state = load_checkpoint(Path(config.out) / CHECKPOINT, map_location=session.device)
     session.model.load_state_dict(state["model"])
@@ -497,6 +499,7 @@ def _resume(session: Session) -> None:
             f"resume it with the same number, not {world}"
         )
     _set_random_state(state["random"][session.rank])
+    return state.get("elapsed", 0.0)  # checkpoints written before 1 Dec 2026 lack it
 
 
 def train_one_epoch(session: Session, stop: StopFlag, bar, task) -> bool:
@@ -550,7 +553,7 @@ def train_one_epoch(session: Session, stop: StopFlag, bar, task) -> bool:
                     **session.metrics,
                     "train_loss": loss_sum / loss_count,
                     "lr": lr,
-                    "time_s": time.perf_counter() - session.started,
+                    "time_s": session.clock.seconds(),
                 }
                 session.logger.row(step, row)
                 (Path(config.out) / "reliability.json").write_text(
@@ -586,8 +589,9 @@ def train(config: TrainConfig) -> dict[str, float]:
 def _main(config: TrainConfig, rank: int, world: int, device: torch.device) -> dict[str, float]:
     session = _build(config, rank, world, device)
     final_path = Path(config.out) / "final.json"
+    elapsed = 0.0
     if config.resume:
-        _resume(session)
+        elapsed = _resume(session)
         if session.step >= session.total_steps and final_path.exists():
             final = json.loads(final_path.read_text())
             return {k: v for k, v in final.items() if k != "step"}
@@ -595,7 +599,7 @@ def _main(config: TrainConfig, rank: int, world: int, device: torch.device) -> d
         session.logger = MetricLogger(
             Path(config.out), resume_step=session.step if config.resume else None
         )
-    session.started = time.perf_counter()
+    session.clock = Clock(elapsed)
     quiet = rank != 0 or not config.progress
     try:
         with stop_signals() as stop, progress_bar(disable=quiet) as bar:
