@@ -13,7 +13,6 @@ multiple of ``--eval-every`` / ``--checkpoint-every`` (exactly at it when N divi
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,7 +33,7 @@ from era.rl.loop import (
     write_summary,
 )
 from era.rl.vec_env import ReplayableEnvs
-from era.runs import check_finite, read_metrics, set_seed, stop_signals
+from era.runs import Clock, check_finite, read_metrics, set_seed, stop_signals
 
 LOG_EVERY = 1000  # steps between TensorBoard training scalars and divergence checks
 
@@ -171,7 +170,7 @@ def train(
     def save():
         run.save_checkpoint(
             loop_checkpoint(
-                run, step, row_step, elapsed + time.perf_counter() - t0, agent, buffer, envs,
+                run, step, row_step, clock.seconds(), agent, buffer, envs,
                 rng=rng_state(),
                 # on a GPU, policy samples come from the CUDA generator
                 cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -191,13 +190,13 @@ def train(
             **agent.entropy_stats(obs.to(device)),
             **{name: float(value) for name, value in losses.items()},
             "sps": reporter.sps(step),
-            "time_s": elapsed + time.perf_counter() - t0,
+            "time_s": clock.seconds(),
         }
         logger.row(step, row)
         reporter.evaluation(step, row)
         row_step = step
 
-    t0 = time.perf_counter()
+    clock = Clock(elapsed)
     reporter = Reporter(config, step)
     losses = {name: torch.tensor(0.0) for name in agent.loss_names}
     obs = envs.obs
@@ -242,7 +241,7 @@ def train(
                 log_evaluation()
             save()
             reporter.advance_to(step)
-        write_summary(run.out, read_metrics(logger.csv_path), elapsed + time.perf_counter() - t0)
+        write_summary(run.out, read_metrics(logger.csv_path), clock.seconds())
     finally:
         reporter.close()
         logger.close()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +53,7 @@ from era.rl.networks import (
 )
 from era.rl.vec_env import ReplayableEnvs
 from era.runs import (
+    Clock,
     MetricLogger,
     Run,
     RunError,
@@ -451,7 +451,7 @@ def train_seeds(configs: list[TrainConfig]):
                     "agent": agent.checkpoint_state(i),
                     "buffer": buffer.state_dict(i),
                     "envs": run.envs.state_dict(),
-                    "elapsed": elapsed + time.perf_counter() - t0,
+                    "elapsed": clock.seconds(),
                     "row_step": run.row_step,
                 },
             )
@@ -478,13 +478,13 @@ def train_seeds(configs: list[TrainConfig]):
                 "qf_loss": float(losses["qf_loss"][i]),
                 "actor_loss": float(losses["actor_loss"][i]),
                 "sps": reporter.sps(step),
-                "time_s": elapsed + time.perf_counter() - t0,
+                "time_s": clock.seconds(),
             }
             run.logger.row(step, row)
             reporter_for(run).evaluation(step, row)
             run.row_step = step
 
-    t0 = time.perf_counter()
+    clock = Clock(elapsed)
     reporter = Reporter(config, step)
     if len(seeds) > 1:
         reporter.bar.update(
@@ -542,9 +542,7 @@ def train_seeds(configs: list[TrainConfig]):
             save()
             reporter.advance_to(step)
         for run in runs:  # not after a stop: stop_signals raises Interrupted then
-            write_summary(
-                run.run.out, read_metrics(run.logger.csv_path), elapsed + time.perf_counter() - t0
-            )
+            write_summary(run.run.out, read_metrics(run.logger.csv_path), clock.seconds())
     finally:
         reporter.close()
         for r in quiet.values():
